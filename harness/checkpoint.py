@@ -1,0 +1,63 @@
+"""Checkpoints that can be resumed exactly, and refused clearly when they do not fit the model.
+
+Beside TensorFlow's checkpoint files we keep `model.json` (the architecture signature), so a mismatch is
+reported as one line before any work instead of a shape error deep inside TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from harness.config import ModelConfig, model_signature
+from harness.errors import UserError
+from harness.record import atomic_write_json
+
+SIGNATURE_FILE = "model.json"
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def write_signature(ckpt_dir: Path, cfg: ModelConfig) -> None:
+    atomic_write_json(ckpt_dir / SIGNATURE_FILE, {"signature": model_signature(cfg), "modalities": list(cfg.modalities)})
+
+
+def read_signature(path: str | Path) -> dict[str, Any]:
+    """Signature of a checkpoint directory or file prefix; UserError when missing or unreadable."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    sig = folder / SIGNATURE_FILE
+    latest = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir() or (latest is None and not Path(str(path) + ".index").exists()):
+        raise UserError(f"checkpoint '{path}' not found (no TensorFlow checkpoint there)")
+    if not sig.is_file():
+        raise UserError(f"checkpoint '{path}' has no {SIGNATURE_FILE}: not written by bratsbench")
+    try:
+        return json.loads(sig.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"checkpoint '{path}': cannot read {SIGNATURE_FILE} ({exc})") from None
+
+
+def check_compatible(path: str | Path, cfg: ModelConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    found = read_signature(path)["signature"]
+    wanted = model_signature(cfg)
+    diffs = [f"{k} {found.get(k)} != {wanted[k]}" for k in wanted if k not in ignore and found.get(k) != wanted[k]]
+    if diffs:
+        raise UserError(f"checkpoint '{path}' does not match the model: " + "; ".join(diffs))
+    return found
+
+
+def resolve(path: str | Path) -> str:
+    """A directory means its latest checkpoint; a prefix is used as given."""
+    path = Path(path)
+    if path.is_dir():
+        latest = tf.train.latest_checkpoint(str(path))
+        if latest is None:
+            raise UserError(f"checkpoint directory '{path}' holds no checkpoint")
+        return latest
+    return str(path)

@@ -1,0 +1,18 @@
+"""Sub-commands of the `bratsbench` CLI; each module exposes `register(subparsers)`.
+
+`register` adds one parser and sets `func` to a callable `run(args) -> int`.
+"""
+
+COMMANDS = (
+    "train",
+    "evaluate",
+    "predict",
+    "synth",
+    "prepare",
+    "split",
+    "transfer",
+    "shift",
+    "sweep",
+    "analyze",
+    "demo",
+)

@@ -1,0 +1,156 @@
+"""`bratsbench train`: one training or benchmark run (one process per rank under horovodrun/mpirun/srun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig
+from harness.errors import UserError
+
+# flag -> (section, key); every flag defaults to None so only what the user typed overrides --config.
+_FLAGS: dict[str, tuple[str, str]] = {
+    "modalities": ("model", "modalities"),
+    "base_filters": ("model", "base_filters"),
+    "depth": ("model", "depth"),
+    "norm": ("model", "norm"),
+    "dropout": ("model", "dropout"),
+    "synthetic": ("data", "synthetic"),
+    "synthetic_samples": ("data", "synthetic_samples"),
+    "store": ("data", "store"),
+    "split": ("data", "split"),
+    "crop": ("data", "crop"),
+    "tumour_share": ("data", "tumour_share"),
+    "augment": ("data", "augment"),
+    "deterministic": ("data", "deterministic"),
+    "val_cases": ("data", "val_cases"),
+    "batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "steps_per_epoch": ("train", "steps_per_epoch"),
+    "lr": ("train", "lr"),
+    "lr_scaling": ("train", "lr_scaling"),
+    "warmup_steps": ("train", "warmup_steps"),
+    "loss": ("train", "loss"),
+    "class_weights": ("train", "class_weights"),
+    "freeze_depth": ("train", "freeze_depth"),
+    "freeze_all_but_head": ("train", "freeze_all_but_head"),
+    "amp": ("train", "amp"),
+    "xla": ("train", "xla"),
+    "seed": ("train", "seed"),
+    "threads": ("train", "threads"),
+    "benchmark": ("train", "benchmark"),
+    "bench_warmup": ("train", "bench_warmup"),
+    "bench_steps": ("train", "bench_steps"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "resume": ("train", "resume"),
+    "init_from": ("train", "init_from"),
+    "validate_every": ("train", "validate_every"),
+    "profile_steps": ("train", "profile_steps"),
+    "timeline": ("train", "timeline"),
+}
+
+
+def _profile_steps(text: str) -> tuple[int, int]:
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not A:B (two step numbers)") from None
+    return start, stop
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that define a RunConfig (shared by `train` and the commands that wrap it)."""
+    g = p.add_argument_group("input")
+    g.add_argument("--synthetic", action="store_true", default=None, help="train on generated in-memory tensors")
+    g.add_argument("--synthetic-samples", type=int, default=None, help="generated samples per rank (default 16)")
+    g.add_argument("--store", default=None, help="prepared store (bratsbench prepare)")
+    g.add_argument("--split", default=None, help="split file (bratsbench split)")
+    g.add_argument("--modalities", default=None, help="comma list of flair,t1,t1ce,t2 (default flair,t1ce)")
+    g.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None, help="training crop (default 32 32 32)")
+    g.add_argument("--tumour-share", type=float, default=None, help="share of crops centred on tumour (default 0.5)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no flips/intensity augmentation")
+    g.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
+                   help="allow non-deterministic ops and input order (faster on some GPUs)")
+    g.add_argument("--val-cases", type=int, default=None, help="limit validation to the first N cases")
+    g = p.add_argument_group("model")
+    g.add_argument("--base-filters", type=int, default=None, help="filters at the first level (default 8)")
+    g.add_argument("--depth", type=int, default=None, help="pooling levels (default 3)")
+    g.add_argument("--norm", choices=("instance", "batch", "none"), default=None, help="normalisation (default instance)")
+    g.add_argument("--dropout", type=float, default=None, help="spatial dropout rate per level (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (default 2)")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default 1)")
+    g.add_argument("--steps-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over this rank's shard)")
+    g.add_argument("--lr", type=float, default=None, help="base learning rate (default 1e-3)")
+    g.add_argument("--no-lr-scaling", dest="lr_scaling", action="store_false", default=None,
+                   help="do not scale the learning rate by the number of ranks")
+    g.add_argument("--warmup-steps", type=int, default=None, help="steps of linear LR warm-up to the scaled rate")
+    g.add_argument("--loss", choices=("dice_ce", "ce"), default=None, help="loss (default dice_ce)")
+    g.add_argument("--class-weights", type=float, nargs=4, default=None, help="cross-entropy weights for the 4 classes")
+    g.add_argument("--freeze-depth", type=int, default=None, help="freeze the first k encoder levels (0 = none)")
+    g.add_argument("--freeze-all-but-head", action="store_true", default=None, help="train only the 1x1x1 head")
+    g.add_argument("--init-from", default=None, help="initialise weights from a checkpoint folder")
+    g.add_argument("--seed", type=int, default=None, help="seed (model init, data order, augmentation)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default cores / local ranks)")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (float16 with loss scaling)")
+    g.add_argument("--xla", action="store_true", default=None, help="XLA auto-clustering")
+    g.add_argument("--benchmark", action="store_true", default=None, help="time steps only: warm-up + timed steps")
+    g.add_argument("--warmup", dest="bench_warmup", type=int, default=None, help="untimed warm-up steps (default 5)")
+    g.add_argument("--bench-steps", type=int, default=None, help="timed steps in benchmark mode (default 20)")
+    g.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps (0 = per epoch only)")
+    g.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out")
+    g.add_argument("--validate-every", type=int, default=None, help="validate every N epochs (default 1)")
+    g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A:B",
+                   help="TensorFlow profiler trace of steps A..B on every rank into OUT/profile/rank<N>")
+    g.add_argument("--timeline", action="store_true", default=None, help="Horovod timeline of the profiled steps")
+    p.add_argument("--config", default=None, help="run config JSON (as in a run record's 'config'); flags override it")
+    p.add_argument("--out", default=None, help="run folder (record.json, checkpoints/, profile/)")
+    p.add_argument("--name", default=None, help="a label stored in the run record")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    raw: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config '{path}' not found") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"config '{path}' is not valid JSON: {exc}") from None
+        raw = raw.get("config", raw)  # a whole run record works too
+    cfg = RunConfig.from_dict(raw)
+    for flag, (section, key) in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(getattr(cfg, section), key, tuple(value) if isinstance(value, list) else value)
+    if args.out is not None:
+        cfg.out = args.out
+    if args.name is not None:
+        cfg.name = args.name
+    return cfg.validate()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train (or benchmark) the 3D U-Net; run under horovodrun -np N for data parallelism",
+        description="Train the 3D U-Net on a prepared store or generated tensors. Under horovodrun/mpirun/srun every "
+        "process is one rank; rank 0 writes checkpoints, the progress bar and OUT/record.json.",
+    )
+    add_run_arguments(p)
+    p.add_argument("--first-conv", choices=("copy", "average", "reinit"), default=None,
+                   help="with --init-from across modalities: how the first convolution is initialised")
+    p.add_argument("--unfreeze-after", type=int, default=None, help="unfreeze all levels after N epochs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    from harness.train.trainer import train
+
+    record = train(cfg, first_conv=args.first_conv, unfreeze_after=args.unfreeze_after)
+    return 0 if record["status"] == "ok" else 1

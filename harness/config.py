@@ -1,0 +1,210 @@
+"""One typed config object per run, validated before any work and recorded whole in the run record."""
+
+from __future__ import annotations
+
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from harness.errors import UserError
+from harness.modalities import parse_modalities
+
+LOSSES = ("dice_ce", "ce")
+NORMS = ("instance", "batch", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the 3D U-Net; `in_channels` follows from the modalities."""
+
+    modalities: tuple[str, ...] = ("flair", "t1ce")
+    base_filters: int = 8
+    depth: int = 3
+    norm: str = "instance"
+    dropout: float = 0.0
+    n_classes: int = 4
+    max_filters: int = 320
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.modalities)
+
+    def filters(self, level: int) -> int:
+        """Filters at encoder level `level` (0-based; `depth` is the bottleneck): doubled per level, capped."""
+        return min(self.base_filters * 2**level, self.max_filters)
+
+    def validate(self) -> None:
+        self.modalities = parse_modalities(self.modalities)
+        _positive("base_filters", self.base_filters)
+        _positive("depth", self.depth)
+        if self.norm not in NORMS:
+            raise UserError(f"norm '{self.norm}' is not one of {', '.join(NORMS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout {self.dropout} must be in [0, 1)")
+        if self.n_classes != 4:
+            raise UserError(f"n_classes {self.n_classes}: BraTS needs 4 (background, NCR, ED, ET)")
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from: generated tensors (`synthetic`) or a prepared store with a split."""
+
+    synthetic: bool = False
+    store: str | None = None
+    split: str | None = None
+    crop: tuple[int, int, int] = (32, 32, 32)
+    synthetic_samples: int = 16
+    tumour_share: float = 0.5
+    augment: bool = True
+    deterministic: bool = True
+    val_cases: int | None = None
+
+    def validate(self, depth: int) -> None:
+        if len(self.crop) != 3:
+            raise UserError(f"crop {self.crop} must have three sizes")
+        step = 2**depth
+        for size in self.crop:
+            _positive("crop size", size)
+            if size % step:
+                raise UserError(
+                    f"crop {list(self.crop)} is not divisible by 2^depth = {step} (depth {depth}); "
+                    f"choose multiples of {step}"
+                )
+            if size // step < 2:
+                raise UserError(
+                    f"depth {depth} is too deep for crop {list(self.crop)}: the bottleneck would be "
+                    f"{size // step} voxel(s) wide; use a crop of at least {2 * step} or a smaller depth"
+                )
+        if not self.synthetic and not self.store:
+            raise UserError("no input: pass --synthetic or --store STORE --split FILE")
+        if self.store and not self.split:
+            raise UserError("--store needs --split FILE (made by `bratsbench split`)")
+        if not 0.0 <= self.tumour_share <= 1.0:
+            raise UserError(f"tumour_share {self.tumour_share} must be in [0, 1]")
+        _positive("synthetic_samples", self.synthetic_samples)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, distribution, timing and checkpointing of one run."""
+
+    batch_size: int = 2
+    epochs: int = 1
+    steps_per_epoch: int | None = None
+    lr: float = 1e-3
+    lr_scaling: bool = True
+    warmup_steps: int = 0
+    loss: str = "dice_ce"
+    class_weights: tuple[float, ...] | None = None
+    freeze_depth: int = 0
+    freeze_all_but_head: bool = False
+    amp: bool = False
+    xla: bool = False
+    seed: int = 0
+    threads: int | None = None
+    benchmark: bool = False
+    bench_warmup: int = 5
+    bench_steps: int = 20
+    checkpoint_every: int = 0
+    resume: bool = False
+    init_from: str | None = None
+    validate_every: int = 1
+    profile_steps: tuple[int, int] | None = None
+    timeline: bool = False
+
+    def validate(self, depth: int) -> None:
+        _positive("batch size", self.batch_size)
+        _positive("epochs", self.epochs)
+        if self.steps_per_epoch is not None:
+            _positive("steps_per_epoch", self.steps_per_epoch)
+        if self.lr <= 0:
+            raise UserError(f"learning rate {self.lr} must be positive")
+        if self.loss not in LOSSES:
+            raise UserError(f"loss '{self.loss}' is not one of {', '.join(LOSSES)}")
+        if self.class_weights is not None:
+            if len(self.class_weights) != 4 or any(w < 0 for w in self.class_weights):
+                raise UserError(f"class weights {list(self.class_weights)} must be 4 non-negative numbers")
+        if not 0 <= self.freeze_depth <= depth + 1:
+            raise UserError(
+                f"freeze depth {self.freeze_depth} is beyond the model: depth {depth} has encoder levels "
+                f"enc1..enc{depth} plus the bottleneck (0..{depth + 1})"
+            )
+        if self.threads is not None:
+            _positive("threads", self.threads)
+        if self.benchmark:
+            _positive("bench_steps", self.bench_steps)
+            if self.bench_warmup < 0:
+                raise UserError(f"bench warm-up steps {self.bench_warmup} must be >= 0")
+        if self.profile_steps is not None:
+            start, stop = self.profile_steps
+            if start < 0 or stop < start:
+                raise UserError(f"profile steps {start}:{stop} must be A:B with 0 <= A <= B")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; serialised whole into the run record."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/run"
+    name: str | None = None
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.data.validate(self.model.depth)
+        self.train.validate(self.model.depth)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        return cls(
+            model=_build(ModelConfig, raw.get("model", {})),
+            data=_build(DataConfig, raw.get("data", {})),
+            train=_build(TrainConfig, raw.get("train", {})),
+            **{k: v for k, v in raw.items() if k not in ("model", "data", "train")},
+        )
+
+
+def _build(kind: type, raw: dict[str, Any]) -> Any:
+    names = {f.name: f for f in fields(kind)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise UserError(f"unknown {kind.__name__} key(s): {', '.join(unknown)}")
+    values = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return kind(**values)
+
+
+def _positive(name: str, value: int | float) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"{name} {value} must be positive")
+
+
+def model_signature(cfg: ModelConfig) -> dict[str, Any]:
+    """The parts of a model config that decide whether weights are compatible."""
+    return {
+        "in_channels": cfg.in_channels,
+        "base_filters": cfg.base_filters,
+        "depth": cfg.depth,
+        "norm": cfg.norm,
+        "n_classes": cfg.n_classes,
+        "max_filters": cfg.max_filters,
+    }
+
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "model_signature",
+]

@@ -1,0 +1,134 @@
+"""The run record: one JSON file per run, the only thing later stages (sweeps, analysis) read.
+
+Schema (version 1), top-level keys:
+  schema_version  int, 1
+  kind            "train" (a training or benchmark run)
+  run_id, name    strings; run_id is stable for a config (see `run_id`)
+  status          "ok" | "failed" | "interrupted"; exit_code int; error str|null
+  started_at, finished_at  ISO-8601 UTC; wall_s float
+  config          the whole RunConfig as a dict
+  versions        python, tensorflow, horovod, numpy, bratsbench
+  git_commit      str|null; hosts [str per rank]; world_size int
+  model           params_total, params_trainable, frozen_levels, forward_gflops_per_sample,
+                  train_gflops_per_sample, first_conv (how input weights were initialised)
+  timing          steps, warmup_steps, step_time_mean_s, p50/p90/p99, input_wait_share, throughput_samples_s,
+                  global_batch, peak_host_mem_mb (max over ranks), peak_gpu_mem_mb|null, achieved_gflops_per_rank
+  history         per epoch: epoch, loss, val {ET,TC,WT dice}, wall_s, step_time_mean_s, params_trainable
+  metrics         final validation metrics (per region mean Dice and HD95) when validation ran
+  extra           free-form, for commands built on top (transfer, sweeps)
+Writes are atomic (temp file in the same folder, then os.replace) so concurrent readers never see a torn file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORD_NAME = "record.json"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON so that readers see either the old file or the whole new one, never part of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """A short stable id derived from a config dict (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str | None]:
+    from harness import __version__
+
+    found: dict[str, str | None] = {"python": platform.python_version(), "bratsbench": __version__}
+    for module in ("tensorflow", "horovod", "numpy"):
+        try:
+            found[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing optional module is recorded as None
+            found[module] = None
+    return found
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    with open(path) as fh:
+        record = json.load(fh)
+    if record.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {record.get('schema_version')} is not {SCHEMA_VERSION}")
+    return record
+
+
+def new_record(config: dict[str, Any], kind: str = "train") -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "run_id": run_id(config),
+        "name": config.get("name"),
+        "status": "running",
+        "exit_code": None,
+        "error": None,
+        "started_at": utc_now(),
+        "finished_at": None,
+        "wall_s": None,
+        "config": config,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "hosts": [platform.node()],
+        "world_size": 1,
+        "model": {},
+        "timing": {},
+        "history": [],
+        "metrics": {},
+        "extra": {},
+    }

@@ -1,0 +1,60 @@
+"""Profiler and Horovod-timeline capture for a window of steps A..B (inclusive), on every rank.
+
+Each rank writes its own TensorBoard profile log directory, RUN/profile/rank<N>, because two ranks on one
+host would otherwise write the same `<host>.xplane.pb` and overwrite each other; `tensorboard --logdir
+RUN/profile` then lists every rank as its own run. Each step is wrapped in a `Trace(step_num=...)` so the
+profile plugin's step views find their markers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import tensorflow as tf
+
+from harness.train.distributed import World
+
+
+class StepProfiler:
+    def __init__(self, run_dir: Path, world: World, steps: tuple[int, int] | None, timeline: bool):
+        self.world = world
+        self.window = tuple(steps) if steps else None
+        self.timeline = timeline and self.window is not None
+        self.logdir = Path(run_dir) / "profile" / f"rank{world.rank}"
+        self.timeline_path = (Path(run_dir) / "timeline.json").resolve()
+        self.active = False
+
+    def before_step(self, step: int) -> None:
+        if self.window and step == self.window[0] and not self.active:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            if self.timeline:
+                import horovod.tensorflow as hvd
+
+                self.timeline_path.parent.mkdir(parents=True, exist_ok=True)
+                hvd.start_timeline(str(self.timeline_path), mark_cycles=False)
+            tf.profiler.experimental.start(str(self.logdir))
+            self.active = True
+
+    @contextlib.contextmanager
+    def trace(self, step: int) -> Iterator[None]:
+        if self.active:
+            with tf.profiler.experimental.Trace("train", step_num=step, _r=1):
+                yield
+        else:
+            yield
+
+    def after_step(self, step: int) -> None:
+        if self.active and step >= self.window[1]:
+            self.close()
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        tf.profiler.experimental.stop()
+        if self.timeline:
+            import horovod.tensorflow as hvd
+
+            hvd.stop_timeline()
+        self.active = False

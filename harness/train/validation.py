@@ -1,0 +1,48 @@
+"""Whole-volume validation, sharded over ranks and gathered on every rank."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from harness.train.distributed import World, allgather_object
+from harness.train.sources import ValItem
+
+REGIONS = ("ET", "TC", "WT")
+
+
+def predict_labels(model: tf.keras.Model, image: np.ndarray, crop: tuple[int, int, int], overlap: float = 0.25) -> np.ndarray:
+    """Model labels (0..3) for one (X, Y, Z, C) volume by sliding-window inference at the training crop."""
+    from harness.inference import sliding_window_predict
+
+    def predict_fn(batch: np.ndarray) -> np.ndarray:
+        return model(tf.constant(batch, tf.float32), training=False).numpy()
+
+    probs = sliding_window_predict(image, crop, predict_fn, overlap=overlap, batch_size=2, n_classes=4)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def evaluate_items(
+    model: tf.keras.Model, items: Sequence[ValItem], crop: tuple[int, int, int], world: World
+) -> dict[str, Any]:
+    """Per-case BraTS metrics of this rank's shard, gathered and summarised (mean/median over cases)."""
+    from harness.metrics import evaluate_case, summarize
+
+    rows = []
+    for item in items[world.rank :: world.size]:
+        pred = predict_labels(model, item.image, crop)
+        row = evaluate_case(pred, item.label, spacing=item.spacing, et_label=3)
+        row["case_id"] = item.case_id
+        rows.append(row)
+    all_rows = [row for part in allgather_object(rows) for row in part]
+    all_rows.sort(key=lambda r: r["case_id"])
+    summary = summarize([{k: v for k, v in r.items() if k != "case_id"} for r in all_rows]) if all_rows else {}
+    return {"cases": all_rows, "summary": summary, "dice": region_means(summary)}
+
+
+def region_means(summary: dict[str, Any], metric: str = "dice") -> dict[str, float]:
+    """Mean of one metric per region from `harness.metrics.summarize` output."""
+    means = summary.get("mean", {})
+    return {region: float(means[f"{region}_{metric}"]) for region in REGIONS if f"{region}_{metric}" in means}
