@@ -66,15 +66,15 @@ class DataConfig:
         step = 2**depth
         for size in self.crop:
             _positive("crop size", size)
+            if size < 2 * step:
+                raise UserError(
+                    f"depth {depth} is too deep for crop {list(self.crop)}: the bottleneck would be "
+                    f"{size / step:g} voxel(s) wide; use a crop of at least {2 * step} or a smaller depth"
+                )
             if size % step:
                 raise UserError(
                     f"crop {list(self.crop)} is not divisible by 2^depth = {step} (depth {depth}); "
                     f"choose multiples of {step}"
-                )
-            if size // step < 2:
-                raise UserError(
-                    f"depth {depth} is too deep for crop {list(self.crop)}: the bottleneck would be "
-                    f"{size // step} voxel(s) wide; use a crop of at least {2 * step} or a smaller depth"
                 )
         if not self.synthetic and not self.store:
             raise UserError("no input: pass --synthetic or --store STORE --split FILE")

@@ -200,6 +200,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
             atomic_write_json(run_dir / RECORD_NAME, record)
             print(_epoch_line(entry), file=sys.stderr, flush=True)
     profiler.close()
+    record["model"]["replica_checksums"] = distributed.allgather_object(weights_checksum(model))
 
     timing = timer.summary(global_batch)
     mems = distributed.allgather_object(peak_host_mem_mb())
@@ -213,6 +214,16 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     record["timing"]["threads_per_rank"] = world.threads
     if world.is_root and tcfg.benchmark:
         print(json.dumps({k: timing[k] for k in ("throughput_samples_s", "step_time_mean_s", "input_wait_share") if k in timing}), file=sys.stderr)
+
+
+def weights_checksum(model: tf.keras.Model) -> str:
+    """Hash of every weight's bytes: equal on all ranks iff the replicas hold identical weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _bar(world: distributed.World, total: int, initial: int, desc: str):

@@ -1,0 +1,35 @@
+"""One training step with the real Horovod step function on a fixed global batch; used by the tests.
+
+Usage: one_step.py OUT.npz GLOBAL_BATCH  (each of N ranks takes its contiguous GLOBAL_BATCH/N slice)
+"""
+
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from harness.config import ModelConfig
+from harness.data.synthetic_tensors import make_samples
+from harness.losses import make_loss
+from harness.model import build_unet
+from harness.train import distributed
+from harness.train.step import make_optimizer, make_train_step, optimizer_variables
+
+out, global_batch = sys.argv[1], int(sys.argv[2])
+world = distributed.init(threads=1)
+tf.keras.utils.set_random_seed(7)
+tf.config.experimental.enable_op_determinism()
+cfg = ModelConfig(modalities=("t1", "t2"), base_filters=4, depth=2)
+crop = (16, 16, 16)
+model = build_unet(cfg, crop)
+opt = make_optimizer(1e-2, world.size, scaling=False, warmup_steps=0, amp=False)
+opt.build(model.trainable_variables)
+distributed.broadcast_state(model.variables + optimizer_variables(opt))
+x, y = make_samples(global_batch, crop, 2, seed=3)
+b = global_batch // world.size
+sl = slice(world.rank * b, (world.rank + 1) * b)
+step = make_train_step(model, opt, make_loss("dice_ce"))
+for _ in range(2):
+    step(tf.constant(x[sl]), tf.constant(y[sl]))
+if world.is_root:
+    np.savez(out, *[w.numpy() for w in model.weights])
