@@ -1,0 +1,59 @@
+"""Shared helpers for the bench scripts: run bratsbench as real processes and read their records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["PATH"] = str(BIN) + os.pathsep + e.get("PATH", "")
+    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return e
+
+
+def train_record(np_: int, args: list[str], out: Path) -> dict:
+    """Run `bratsbench train ARGS --out OUT` on np_ ranks (horovodrun over Gloo when np_ > 1)."""
+    cmd = [sys.executable, "-m", "harness", "train", *args, "--out", str(out)]
+    if np_ > 1:
+        cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *cmd]
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"run failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
+    return json.loads((out / "record.json").read_text())
+
+
+def matmul_gflops_one_thread(n: int = 2048, repeats: int = 10) -> float:
+    """TensorFlow float32 matmul rate on one intra-op thread, in a fresh process (thread pools are per process)."""
+    code = f"""
+import time, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+a = tf.random.normal(({n}, {n})); b = tf.random.normal(({n}, {n}))
+f = tf.function(lambda a, b: tf.linalg.matmul(a, b))
+f(a, b).numpy()
+best = float('inf')
+for _ in range({repeats}):
+    t = time.perf_counter(); f(a, b).numpy(); best = min(best, time.perf_counter() - t)
+print(2 * {n}**3 / best / 1e9)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,48 @@
+"""The set-up files agree with each other: one set of pins, one console script with --help everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def _pins(lines):
+    return sorted(l.strip() for l in lines if l.strip() and not l.strip().startswith("#"))
+
+
+def test_environment_yml_pip_section_equals_requirements():
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    reqs = _pins((REPO / "requirements.txt").read_text().splitlines())
+    assert _pins(pip_section) == reqs
+    assert "python=3.11" in env["dependencies"] and "openmpi" in env["dependencies"]
+    assert all("==" in pin for pin in reqs)
+
+
+def test_installed_versions_match_pins():
+    from importlib.metadata import version
+
+    pins = dict(p.split("==") for p in _pins((REPO / "requirements.txt").read_text().splitlines()))
+    for name in ("tensorflow-cpu", "numpy", "nibabel", "tensorboard_plugin_profile", "protobuf"):
+        assert version(name) == pins[name], name
+
+
+def test_every_subcommand_has_help():
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert "train" in sub.choices
+    for name, sp in sub.choices.items():
+        text = sp.format_help()
+        assert "usage: bratsbench " + name in text and len(text) > 200, name
+
+
+def test_console_script_help_runs_without_tensorflow_import():
+    code = "import sys; from harness.cli import main; \ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip().splitlines()[-1] == "False"
