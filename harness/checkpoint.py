@@ -61,3 +61,25 @@ def resolve(path: str | Path) -> str:
             raise UserError(f"checkpoint directory '{path}' holds no checkpoint")
         return latest
     return str(path)
+
+
+def load_run_model(run_dir: str | Path):
+    """Rebuild a finished run's model from its record and restore its latest weights (model only).
+
+    Returns (model, RunConfig). UserError when the folder holds no record or no checkpoint.
+    """
+    from harness.config import RunConfig
+    from harness.model import build_unet
+
+    record_path = Path(run_dir) / "record.json"
+    if not record_path.is_file():
+        raise UserError(f"run '{run_dir}' has no record.json")
+    try:
+        cfg = RunConfig.from_dict(json.loads(record_path.read_text())["config"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"run '{run_dir}': record.json is unreadable ({exc})") from None
+    ckpt = checkpoint_dir(run_dir)
+    check_compatible(ckpt, cfg.model)
+    model = build_unet(cfg.model, cfg.data.crop)
+    tf.train.Checkpoint(model=model).restore(resolve(ckpt)).expect_partial()
+    return model, cfg

@@ -29,7 +29,7 @@ class Source(Protocol):
 
     def epoch_dataset(self, epoch: int) -> tf.data.Dataset: ...
 
-    def val_items(self) -> list[ValItem]: ...
+    def val_items(self, subset: str = "val") -> list[ValItem]: ...
 
 
 _ORDER, _SAMPLES = 0, 1  # independent random streams
@@ -62,10 +62,11 @@ class SyntheticSource:
         ds = tf.data.Dataset.from_tensor_slices((self.x[order], self.y[order]))
         return ds.batch(self.cfg.train.batch_size, drop_remainder=True).prefetch(2)
 
-    def val_items(self) -> list[ValItem]:
+    def val_items(self, subset: str = "val") -> list[ValItem]:
         n = self.cfg.data.val_cases if self.cfg.data.val_cases is not None else 2
-        x, y = make_samples(n, self.cfg.data.crop, self.cfg.model.in_channels, seed=self.cfg.train.seed + 10_000_019)
-        return [ValItem(f"synthetic-{i}", x[i], y[i], (1.0, 1.0, 1.0)) for i in range(n)]
+        stream = {"val": 2, "test": 3, "train": 4}[subset]
+        x, y = make_samples(n, self.cfg.data.crop, self.cfg.model.in_channels, seed=_epoch_seed(self.cfg.train.seed, 0, 0, stream))
+        return [ValItem(f"synthetic-{subset}-{i}", x[i], y[i], (1.0, 1.0, 1.0)) for i in range(n)]
 
 
 class StoreSource:
@@ -119,11 +120,15 @@ class StoreSource:
             ids = ids[: self.cfg.data.val_cases]
         items = []
         for case_id, image, label in self._pipeline.eval_cases(self.store, ids, self.cfg.model.modalities):
-            spacing = self.store.meta(case_id).get("spacing") or (1.0, 1.0, 1.0)
-            if np.isscalar(spacing):
-                spacing = (float(spacing),) * 3
-            items.append(ValItem(case_id, image, label, tuple(spacing)))
+            items.append(ValItem(case_id, image, label, store_spacing(self.store.meta(case_id))))
         return items
+
+
+def store_spacing(meta: dict) -> tuple[float, float, float]:
+    """Voxel size (mm) of a case on the store grid: the resampling spacing, else the source's."""
+    if meta.get("spacing"):
+        return (float(meta["spacing"]),) * 3
+    return tuple(float(z) for z in meta.get("original_spacing", (1.0, 1.0, 1.0)))  # type: ignore[return-value]
 
 
 def make_source(cfg: RunConfig, world: World) -> Source:

@@ -1,0 +1,70 @@
+"""`bratsbench evaluate`: BraTS region metrics of a trained run on its validation or test cases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="per-case and per-region (ET/TC/WT) Dice, HD95, sensitivity, specificity, precision, IoU of a run",
+        description="Evaluate a run's latest checkpoint by whole-volume sliding-window inference on the store grid "
+        "(HD95 in mm with the store's voxel spacing, BraTS empty-mask convention). Writes RUN/eval-<subset>.json and "
+        "adds the summary to the run record under metrics.<subset>.",
+    )
+    p.add_argument("--run", required=True, help="run folder (holds record.json and checkpoints/)")
+    p.add_argument("--subset", choices=("val", "test", "train"), default="test", help="split subset (default test)")
+    p.add_argument("--store", default=None, help="store to read (default: the run's)")
+    p.add_argument("--split", default=None, help="split file (default: the run's)")
+    p.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
+    p.set_defaults(func=run)
+
+
+def format_summary(summary: dict) -> str:
+    """Region x metric table (mean / median over cases) for the terminal."""
+    metrics = ("dice", "hd95", "sensitivity", "specificity", "precision", "iou")
+    lines = [f"{'region':<7}" + "".join(f"{m:>22}" for m in metrics)]
+    for region in ("ET", "TC", "WT"):
+        cells = []
+        for m in metrics:
+            mean = summary["mean"].get(f"{region}_{m}", math.nan)
+            median = summary["median"].get(f"{region}_{m}", math.nan)
+            cells.append(f"{mean:>10.3f} / {median:<9.3f}")
+        lines.append(f"{region:<7}" + "".join(f"{c:>22}" for c in cells))
+    lines.append(f"(mean / median over {summary['n']} cases)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.checkpoint import load_run_model
+    from harness.record import atomic_write_json
+    from harness.train import distributed
+    from harness.train.sources import make_source
+    from harness.train.validation import evaluate_items
+
+    world = distributed.init()  # before any TensorFlow work: it fixes the thread pools
+    model, cfg = load_run_model(args.run)
+    if args.store:
+        cfg.data.store, cfg.data.synthetic = args.store, False
+    if args.split:
+        cfg.data.split = args.split
+    cfg.data.val_cases = args.cases
+    source = make_source(cfg, world)
+    items = source.val_items(args.subset)
+    result = evaluate_items(model, items, cfg.data.crop, world)
+    if not world.is_root:
+        return 0
+    run_dir = Path(args.run)
+    atomic_write_json(run_dir / f"eval-{args.subset}.json", result)
+    record_path = run_dir / "record.json"
+    record = json.loads(record_path.read_text())
+    record.setdefault("metrics", {})[args.subset] = result["summary"]
+    record["metrics"][f"{args.subset}_cases"] = result["cases"]
+    atomic_write_json(record_path, record)
+    print(format_summary(result["summary"]))
+    print(f"per-case metrics: {run_dir / f'eval-{args.subset}.json'}")
+    return 0
