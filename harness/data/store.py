@@ -1,0 +1,579 @@
+"""Preprocessed case store: decode NIfTI once, then training reads fixed-size .npy arrays by memmap.
+
+Layout (other modules rely on it):
+    STORE/manifest.json                  format, version, roi, spacing, modalities, cases, skipped, warnings
+    STORE/cases/<case_id>/<modality>.npy float32 (X,Y,Z), z-scored inside the brain mask, 0 outside
+    STORE/cases/<case_id>/label.npy      uint8 (X,Y,Z) in 0..3 (BraTS 4 -> 3); absent for unlabelled cases
+    STORE/cases/<case_id>/mask.npy       uint8 brain mask (X,Y,Z)
+    STORE/cases/<case_id>/meta.json      sources, original geometry and every step needed to map back
+
+A case appears only by renaming a finished temporary folder, and the manifest is replaced atomically,
+so an interrupted `prepare` leaves a valid store that the next run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from harness.data.loader import CaseFiles, find_cases, read_clinical
+from harness.data.validate import CaseData, read_case
+from harness.errors import UserError
+from harness.modalities import MODALITIES, parse_modalities
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bratsbench-store"
+VERSION = 1
+DEFAULT_ROI = (128, 128, 128)
+MANIFEST = "manifest.json"
+CASES = "cases"
+_TMP_PREFIXES = (".tmp-", ".old-")
+_MANIFEST_EVERY_S = 1.0  # an interrupt loses at most this much finished work from the manifest
+
+
+class CaseProblem(Exception):
+    """A case that reads fine but cannot be preprocessed (e.g. no brain voxels)."""
+
+
+@dataclass(frozen=True)
+class PrepParams:
+    roi: tuple[int, int, int] = DEFAULT_ROI
+    spacing: float | None = None
+    modalities: tuple[str, ...] = MODALITIES
+
+    def __post_init__(self) -> None:
+        if len(self.roi) != 3 or any(int(r) < 1 for r in self.roi):
+            raise UserError(f"--roi {' '.join(map(str, self.roi))}: need three positive sizes")
+        if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
+            raise UserError(f"--spacing {self.spacing}: need a positive number of mm")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"roi": [int(r) for r in self.roi], "spacing": self.spacing, "modalities": list(self.modalities), "version": VERSION}
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _resize(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """Resample the first three axes to `shape` (voxel extents aligned, so the inverse maps back)."""
+    factors = [t / s for t, s in zip(shape, array.shape[:3])] + [1.0] * (array.ndim - 3)
+    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+    assert out.shape[:3] == tuple(shape), (out.shape, shape)
+    return out
+
+
+def _fit(size: int, target: int) -> tuple[int, int]:
+    """(crop_start, pad_before) that centres `size` voxels in `target`."""
+    if size >= target:
+        return (size - target) // 2, 0
+    return 0, (target - size) // 2
+
+
+def _centre(array: np.ndarray, roi: Sequence[int], starts: Sequence[int], pads: Sequence[int]) -> np.ndarray:
+    out = np.zeros(tuple(roi), dtype=array.dtype)
+    src, dst = [], []
+    for size, target, start, pad in zip(array.shape, roi, starts, pads):
+        n = min(size, target)
+        src.append(slice(start, start + n))
+        dst.append(slice(pad, pad + n))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def preprocess(data: CaseData, params: PrepParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays to store ({modality, 'mask', 'label'?}) and the geometry meta that inverts the steps."""
+    original_shape = next(iter(data.images.values())).shape
+    zooms = np.asarray(data.zooms, dtype=np.float64)
+    if params.spacing is not None:
+        target = [max(1, int(round(s * z / params.spacing))) for s, z in zip(original_shape, zooms)]
+    else:
+        target = list(original_shape)
+    resampled = tuple(target) != tuple(original_shape)
+    images = {m: (_resize(a, target, 1) if resampled else a) for m, a in data.images.items()}
+    label = data.label
+    if label is not None and resampled:
+        label = _resize(label, target, 0)
+
+    # "!= 0" is "> 0" on BraTS (background exactly 0) and still right for copies with negative values
+    mask = np.zeros(target, dtype=bool)
+    for image in images.values():
+        mask |= image != 0
+    if not mask.any():
+        raise CaseProblem("no brain voxels (every modality is 0 everywhere)")
+    bbox = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        bbox.append([int(idx[0]), int(idx[-1]) + 1])
+    box = tuple(slice(lo, hi) for lo, hi in bbox)
+    fits = [_fit(hi - lo, r) for (lo, hi), r in zip(bbox, params.roi)]
+    starts = [f[0] for f in fits]
+    pads = [f[1] for f in fits]
+
+    arrays: dict[str, np.ndarray] = {}
+    norm = {}
+    for mod, image in images.items():
+        inside = image[mask].astype(np.float64)
+        mean = float(inside.mean())
+        std = float(inside.std())
+        scale = std if std > 1e-8 else 1.0
+        z = np.where(mask, (image - mean) / scale, 0.0).astype(np.float32)
+        arrays[mod] = _centre(z[box], params.roi, starts, pads)
+        norm[mod] = {"mean": mean, "std": std}
+    box_mask = mask[box]
+    arrays["mask"] = _centre(box_mask.astype(np.uint8), params.roi, starts, pads)
+    meta: dict[str, Any] = {
+        "original_shape": [int(s) for s in original_shape],
+        "original_affine": np.asarray(data.affine).tolist(),
+        "original_spacing": [float(z) for z in zooms],
+        "spacing": params.spacing,
+        "resample_factor": [t / s for t, s in zip(target, original_shape)],
+        "resampled_shape": [int(t) for t in target],
+        "bbox": bbox,
+        "crop_start": [int(s) for s in starts],
+        "pad_before": [int(p) for p in pads],
+        "roi": [int(r) for r in params.roi],
+        "norm": norm,
+        "brain_voxels": int(mask.sum()),
+        "brain_voxels_outside_roi": int(box_mask.sum() - arrays["mask"].sum()),
+    }
+    if label is not None:
+        stored = label.copy()
+        stored[stored == 4] = 3
+        arrays["label"] = _centre(stored[box], params.roi, starts, pads)
+        meta["tumour_voxels_outside_roi"] = int(np.count_nonzero(label) - np.count_nonzero(arrays["label"]))
+        meta["label_counts"] = {str(k): int(v) for k, v in zip(*np.unique(arrays["label"], return_counts=True))}
+    return arrays, meta
+
+
+def to_original_geometry(pred_store_grid: np.ndarray, meta: dict, order: int = 0) -> np.ndarray:
+    """Map a prediction on the store grid back onto the case's original voxel grid.
+
+    Undoes pad/crop, places the result in the brain bounding box (background elsewhere) and resamples to the
+    original shape. Trailing axes beyond the first three (e.g. class scores) are carried along. Label values are
+    unchanged: use `to_brats_labels` to turn class 3 back into BraTS label 4.
+    """
+    pred = np.asarray(pred_store_grid)
+    roi = tuple(meta["roi"])
+    if pred.shape[:3] != roi:
+        raise ValueError(f"prediction shape {pred.shape[:3]} is not the store roi {roi}")
+    out = np.zeros(tuple(meta["resampled_shape"]) + pred.shape[3:], dtype=pred.dtype)
+    src, dst = [], []
+    for (lo, hi), start, pad, target in zip(meta["bbox"], meta["crop_start"], meta["pad_before"], roi):
+        n = min(hi - lo, target)
+        src.append(slice(pad, pad + n))
+        dst.append(slice(lo + start, lo + start + n))
+    out[tuple(dst)] = pred[tuple(src)]
+    if tuple(meta["resampled_shape"]) != tuple(meta["original_shape"]):
+        out = _resize(out, meta["original_shape"], order)
+    return out
+
+
+def to_brats_labels(classes: np.ndarray) -> np.ndarray:
+    """Model classes 0..3 -> BraTS labels {0,1,2,4}."""
+    out = np.asarray(classes).astype(np.uint8, copy=True)
+    out[out == 3] = 4
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=1, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_case(cases_dir: Path, case_id: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write into a temporary folder, then swap it in, so no half-written case is ever visible."""
+    tmp = cases_dir / f".tmp-{case_id}-{os.getpid()}"
+    old = cases_dir / f".old-{case_id}-{os.getpid()}"
+    final = cases_dir / case_id
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump(meta, fh, indent=1)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def source_fingerprint(case: CaseFiles, modalities: Sequence[str]) -> dict[str, dict]:
+    """Path, size and mtime of each source file; a change in any of them means the case is redone."""
+    files = {m: case.modalities[m] for m in modalities if m in case.modalities}
+    if case.seg is not None:
+        files["seg"] = case.seg
+    out = {}
+    for key, path in files.items():
+        try:
+            st = path.stat()
+            out[key] = {"path": str(path.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+        except OSError:
+            out[key] = {"path": str(path), "size": -1, "mtime_ns": -1}
+    return out
+
+
+@dataclass
+class _Job:
+    case: CaseFiles
+    params: PrepParams
+    cases_dir: Path
+    sources: dict
+    clinical: dict
+
+
+def _process_case(job: _Job) -> tuple[str, str, Any]:
+    """Worker: read, check, preprocess and write one case -> (case_id, 'done'|'skipped', entry|problems)."""
+    case = job.case
+    data, problems = read_case(case, job.params.modalities)
+    if data is None:
+        return case.case_id, "skipped", problems
+    try:
+        arrays, geometry = preprocess(data, job.params)
+    except CaseProblem as exc:
+        return case.case_id, "skipped", [f"case {case.case_id}: {exc}"]
+    entry = {
+        "is_validation": bool(case.is_validation),
+        "has_label": "label" in arrays,
+        "grade": job.clinical.get("grade"),
+        "age": job.clinical.get("age"),
+        "sources": job.sources,
+    }
+    meta = {"case_id": case.case_id, "prep": job.params.as_dict(), **entry, **geometry}
+    _write_case(job.cases_dir, case.case_id, arrays, meta)
+    return case.case_id, "done", entry
+
+
+def _clinical_for(clinical, case_id: str) -> dict:
+    if clinical is None or case_id not in clinical.index:
+        return {"grade": None, "age": None}
+    row = clinical.loc[case_id]
+    grade = row["grade"] if isinstance(row["grade"], str) and row["grade"] else None
+    age = float(row["age"]) if row["age"] == row["age"] and row["age"] is not None else None
+    return {"grade": grade, "age": age}
+
+
+@contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    lock = store / ".prepare.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # left by a run that died
+                continue
+            except PermissionError:
+                pass
+            raise UserError(
+                f"{store}: another `bratsbench prepare` (pid {pid}) is writing this store (if not, remove {lock})"
+            ) from None
+    else:
+        raise UserError(f"{store}: cannot take the lock file {lock}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _remove_temporaries(cases_dir: Path) -> None:
+    for child in cases_dir.iterdir():
+        if child.name.startswith(_TMP_PREFIXES):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _read_existing(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.exists():
+        if out.exists() and any(p.name not in (CASES, ".prepare.lock") for p in out.iterdir()):
+            raise UserError(f"{out}: folder exists, is not empty and is not a bratsbench store; choose another --out")
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a bratsbench store manifest; choose another --out or remove it")
+    return manifest  # another version: its parameters differ, so every case is redone
+
+
+_progress_shown = False
+
+
+def _progress(total: int, enabled: bool):
+    """One tqdm bar per process (a second prepare in the same process stays quiet)."""
+    global _progress_shown
+    from tqdm import tqdm
+
+    show = enabled and not _progress_shown and total > 0
+    _progress_shown = _progress_shown or show
+    return tqdm(total=total, desc="prepare", unit="case", disable=not show, file=sys.stderr)
+
+
+@dataclass
+class PrepareReport:
+    prepared: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_store(
+    data_dir: Path,
+    out: Path,
+    *,
+    roi: Sequence[int] = DEFAULT_ROI,
+    spacing: float | None = None,
+    modalities: Sequence[str] = MODALITIES,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PrepareReport:
+    """Build or update the store at `out` from the BraTS data under `data_dir`.
+
+    Only new cases, cases whose sources changed, and (after a parameter change) all cases are redone.
+    Bad cases are skipped and listed under "skipped", or stop the run with UserError when `strict`.
+    """
+    params = PrepParams(tuple(int(r) for r in roi), None if spacing is None else float(spacing), parse_modalities(modalities))
+    out = Path(out)
+    cases = find_cases(Path(data_dir))
+    report = PrepareReport()
+    clinical = read_clinical(Path(data_dir), None if strict else report.warnings)
+    for warning in report.warnings:
+        log.warning("%s", warning)
+
+    out.mkdir(parents=True, exist_ok=True)
+    existing = _read_existing(out)
+    cases_dir = out / CASES
+    cases_dir.mkdir(exist_ok=True)
+    with _store_lock(out):
+        _remove_temporaries(cases_dir)
+        manifest = {"format": FORMAT, **params.as_dict(), "cases": {}, "skipped": {}, "warnings": list(report.warnings)}
+        old_cases: dict[str, dict] = {}
+        if existing is not None:
+            old_cases = dict(existing.get("cases", {}))
+            if _params_of(existing) == params.as_dict():
+                manifest["cases"] = dict(old_cases)
+            else:
+                log.info("%s: preprocessing parameters changed; redoing every case", out)
+        found = {c.case_id for c in cases}
+        for gone in sorted(set(old_cases) - found):
+            manifest["cases"].pop(gone, None)
+            shutil.rmtree(cases_dir / gone, ignore_errors=True)
+            report.removed.append(gone)
+
+        jobs: list[_Job] = []
+        for case in cases:
+            sources = source_fingerprint(case, params.modalities)
+            info = _clinical_for(clinical, case.case_id)
+            entry = manifest["cases"].get(case.case_id)
+            if entry is not None and _same_sources(entry.get("sources", {}), sources) and (cases_dir / case.case_id / "meta.json").is_file():
+                report.reused.append(case.case_id)
+                if entry.get("grade") != info["grade"] or entry.get("age") != info["age"]:
+                    _update_clinical(cases_dir / case.case_id / "meta.json", entry, info)
+                continue
+            jobs.append(_Job(case, params, cases_dir, sources, info))
+        _atomic_json(out / MANIFEST, manifest)
+
+        last_write = time.monotonic()
+        try:
+            with _progress(len(jobs), progress) as bar, closing(_run_jobs(jobs, workers)) as results:
+                for case_id, status, payload in results:  # closing() ends the pool on any exit
+                    _record(manifest, report, cases_dir, case_id, status, payload, strict)
+                    bar.update(1)
+                    if time.monotonic() - last_write >= _MANIFEST_EVERY_S:
+                        _atomic_json(out / MANIFEST, manifest)
+                        last_write = time.monotonic()
+        finally:
+            manifest["cases"] = dict(sorted(manifest["cases"].items()))
+            _atomic_json(out / MANIFEST, manifest)
+            _remove_temporaries(cases_dir)
+    report.prepared.sort()
+    return report
+
+
+def _record(manifest: dict, report: PrepareReport, cases_dir: Path, case_id: str, status: str, payload: Any, strict: bool) -> None:
+    if status == "done":
+        manifest["cases"][case_id] = payload
+        manifest["skipped"].pop(case_id, None)
+        report.prepared.append(case_id)
+        return
+    if strict:
+        more = f" (+{len(payload) - 1} more)" if len(payload) > 1 else ""
+        raise UserError(f"{payload[0]}{more}; stopped by --strict")
+    manifest["cases"].pop(case_id, None)
+    shutil.rmtree(cases_dir / case_id, ignore_errors=True)
+    manifest["skipped"][case_id] = payload
+    report.skipped[case_id] = payload
+    for line in payload:
+        log.debug("skipped %s", line)
+
+
+def _params_of(manifest: dict) -> dict:
+    return {k: manifest.get(k) for k in ("roi", "spacing", "modalities", "version")}
+
+
+def _same_sources(old: dict, new: dict) -> bool:
+    """Same files by name, size and mtime (the absolute path may differ if the data folder moved)."""
+    if set(old) != set(new):
+        return False
+    for key, now in new.items():
+        was = old[key]
+        if (Path(was.get("path", "")).name, was.get("size"), was.get("mtime_ns")) != (Path(now["path"]).name, now["size"], now["mtime_ns"]):
+            return False
+    return True
+
+
+def _update_clinical(meta_path: Path, entry: dict, info: dict) -> None:
+    entry.update(info)
+    meta = json.loads(meta_path.read_text())
+    meta.update(info)
+    _atomic_json(meta_path, meta)
+
+
+def _run_jobs(jobs: list[_Job], workers: int | None) -> Iterator[tuple[str, str, Any]]:
+    n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if n == 1:
+        for job in jobs:
+            yield _process_case(job)
+        return
+    # spawn: the parent may hold TensorFlow threads, which fork would copy in a broken state.
+    # ProcessPoolExecutor (unlike multiprocessing.Pool) fails loudly when a worker dies, e.g. killed for memory.
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_process_case, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool:
+            raise UserError(
+                "a prepare worker process died (out of memory?); finished cases are kept: "
+                "run prepare again to resume, with fewer --workers"
+            ) from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _load_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read store manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path.parent}: not a bratsbench store (manifest.json has no format '{FORMAT}')")
+    if manifest.get("version") != VERSION:
+        raise UserError(f"{path.parent}: store version {manifest.get('version')} is not {VERSION}; run `bratsbench prepare` again")
+    return manifest
+
+
+class Store:
+    """Read access to a prepared store; the manifest is read once at open."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._meta: dict[str, dict] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        return sorted(self.manifest["cases"])
+
+    @property
+    def labelled_ids(self) -> list[str]:
+        return [c for c in self.case_ids if self.manifest["cases"][c].get("has_label")]
+
+    @property
+    def roi(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["roi"])  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> float | None:
+        return self.manifest.get("spacing")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.manifest["modalities"])
+
+    def entry(self, case_id: str) -> dict:
+        """The manifest's summary of a case (has_label, grade, age, sources)."""
+        try:
+            return self.manifest["cases"][case_id]
+        except KeyError:
+            raise UserError(f"{self.path}: no case '{case_id}' in this store") from None
+
+    def case_dir(self, case_id: str) -> Path:
+        self.entry(case_id)
+        return self.path / CASES / case_id
+
+    def meta(self, case_id: str) -> dict:
+        if case_id not in self._meta:
+            self._meta[case_id] = json.loads((self.case_dir(case_id) / "meta.json").read_text())
+        return self._meta[case_id]
+
+    def check_modalities(self, modalities: Sequence[str]) -> tuple[str, ...]:
+        mods = parse_modalities(modalities)
+        missing = [m for m in mods if m not in self.modalities]
+        if missing:
+            raise UserError(f"{self.path}: store has no {','.join(missing)} (it holds {','.join(self.modalities)})")
+        return mods
+
+    def array_path(self, case_id: str, name: str) -> Path:
+        return self.case_dir(case_id) / f"{name}.npy"
+
+    def load(self, case_id: str, modalities: Sequence[str] | None = None, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image (X,Y,Z,C) float32 in the order of `modalities`, label uint8 (X,Y,Z) in 0..3 or None)."""
+        mods = self.check_modalities(modalities or self.modalities)
+        mode = "r" if mmap else None
+        image = np.stack([np.load(self.array_path(case_id, m), mmap_mode=mode) for m in mods], axis=-1)
+        label_path = self.array_path(case_id, "label")
+        label = np.array(np.load(label_path, mmap_mode=mode)) if label_path.exists() else None
+        return image.astype(np.float32, copy=False), label
+
+    def load_mask(self, case_id: str) -> np.ndarray:
+        return np.load(self.array_path(case_id, "mask"))
+
+
+def open_store(path: Path) -> Store:
+    """Open a store written by `bratsbench prepare`; anything else is a UserError naming the path."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"{path}: not a bratsbench store (no {MANIFEST}; run `bratsbench prepare --out {path}`)")
+    return Store(path, _load_manifest(manifest_path))

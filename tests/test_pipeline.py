@@ -1,0 +1,138 @@
+"""tf.data training pipeline: shapes, sharding, determinism, tumour-centred crops, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.data.pipeline import epoch_order, epoch_shard, eval_cases, steps_per_epoch, train_dataset
+from harness.data.store import open_store, prepare_store
+from harness.errors import UserError
+from tests.test_loader import training_set, write_case
+
+tf = pytest.importorskip("tensorflow")
+
+ROI = (16, 16, 16)
+CROP = (8, 8, 8)
+MODS = ("flair", "t1ce")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    training_set(root / "raw" / "MICCAI_BraTS2020_TrainingData", 7)
+    write_case(root / "raw" / "MICCAI_BraTS2020_ValidationData", "BraTS20_Validation_001", seg=False)
+    prepare_store(root / "raw", root / "store", roi=ROI, workers=1, progress=False)
+    return open_store(root / "store")
+
+
+def batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def train_ids(store) -> list[str]:
+    return store.labelled_ids
+
+
+def test_shapes_dtypes_and_label_range(store):
+    ds = train_dataset(store, train_ids(store), MODS, CROP, 2, seed=1)
+    got = batches(ds)
+    assert len(got) == steps_per_epoch(7, 2, 1) == 3
+    for x, y in got:
+        assert x.shape == (2, *CROP, 2) and x.dtype == np.float32
+        assert y.shape == (2, *CROP) and y.dtype == np.int32
+        assert y.min() >= 0 and y.max() <= 3 and np.isfinite(x).all()
+    assert ds.element_spec[0].shape.as_list() == [2, *CROP, 2]
+
+
+def test_rank_shards_are_disjoint_equal_and_inside_train_ids(store):
+    ids = train_ids(store)[:5] + ["BraTS20_Training_007"]
+    for size in (1, 2, 3, 4):
+        for epoch in (0, 1):
+            shards = [epoch_shard(ids, 3, epoch, r, size) for r in range(size)]
+            assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(ids) // size
+            flat = [c for s in shards for c in s]
+            assert len(flat) == len(set(flat)) and set(flat) <= set(ids)
+    # each epoch reshuffles; the order does not depend on the order ids were given in
+    assert epoch_order(ids, 3, 0) != epoch_order(ids, 3, 1)
+    assert epoch_order(ids, 3, 0) == epoch_order(list(reversed(ids)), 3, 0)
+    # every rank's dataset takes the same number of steps
+    lengths = [len(batches(train_dataset(store, ids, MODS, CROP, 1, rank=r, size=4, seed=3))) for r in range(4)]
+    assert lengths == [steps_per_epoch(len(ids), 1, 4)] * 4 == [1, 1, 1, 1]
+
+
+def test_same_batches_for_same_seed_epoch_rank_size_whatever_parallelism(store):
+    ids = train_ids(store)
+    kw = dict(rank=1, size=2, seed=11, epoch=2)
+    first = batches(train_dataset(store, ids, MODS, CROP, 1, num_parallel=1, **kw))
+    again = batches(train_dataset(store, ids, MODS, CROP, 1, num_parallel=1, **kw))
+    wide = batches(train_dataset(store, ids, MODS, CROP, 1, num_parallel=4, **kw))
+    auto = batches(train_dataset(store, ids, MODS, CROP, 1, **kw))
+    for other in (again, wide, auto):
+        assert len(other) == len(first) == 3
+        for (x1, y1), (x2, y2) in zip(first, other):
+            assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    other_epoch = batches(train_dataset(store, ids, MODS, CROP, 1, **{**kw, "epoch": 3}))
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other_epoch))
+
+
+def test_tumour_share_one_puts_tumour_in_every_crop(store):
+    ids = train_ids(store)
+    for seed in range(4):
+        for x, y in batches(train_dataset(store, ids, MODS, (4, 4, 4), 1, seed=seed, tumour_share=1.0)):
+            assert (y > 0).any()
+
+
+def test_uniform_crops_cover_the_volume(store):
+    """tumour_share=0: crop origins are spread (not always centred on the tumour or at one corner)."""
+    ids = train_ids(store)
+    tumour_free = 0
+    for seed in range(6):
+        for _, y in batches(train_dataset(store, ids, MODS, (4, 4, 4), 1, seed=seed, tumour_share=0.0)):
+            tumour_free += int(not (y > 0).any())
+    assert tumour_free > 0
+
+
+def test_augmentation_is_flip_scale_and_shift_of_the_stored_volume(store):
+    ids = train_ids(store)
+    plain = batches(train_dataset(store, ids, MODS, ROI, 1, seed=5, augment=False))
+    augmented = batches(train_dataset(store, ids, MODS, ROI, 1, seed=5, augment=True))
+    volumes = {cid: store.load(cid, MODS) for cid in ids}
+    flipped_any = False
+    for (xp, yp), (xa, ya) in zip(plain, augmented):
+        # a full-roi crop without augmentation is exactly a stored case
+        cid = next(c for c, (im, lab) in volumes.items() if np.array_equal(im, xp[0]) and np.array_equal(lab, yp[0]))
+        image, label = volumes[cid]
+        match = None
+        for flips in np.ndindex(2, 2, 2):
+            axes = tuple(a for a in range(3) if flips[a])
+            if np.array_equal(np.flip(label, axes) if axes else label, ya[0]):
+                match = axes
+                break
+        assert match is not None
+        flipped_any |= bool(match)
+        base = np.flip(image, match) if match else image
+        for c in range(len(MODS)):
+            scale, shift = np.polyfit(base[..., c].ravel(), xa[0, ..., c].ravel(), 1)
+            assert 0.9 <= scale <= 1.1 and -0.1 <= shift <= 0.1
+            assert np.allclose(base[..., c] * scale + shift, xa[0, ..., c], atol=1e-4)
+    assert flipped_any
+
+
+def test_eval_cases_yield_whole_volumes(store):
+    ids = ["BraTS20_Training_002", "BraTS20_Validation_001"]
+    got = list(eval_cases(store, ids, ("t2",)))
+    assert [g[0] for g in got] == ids
+    assert got[0][1].shape == ROI + (1,) and got[0][2].shape == ROI and got[1][2] is None
+    assert np.array_equal(got[0][1][..., 0], np.load(store.array_path("BraTS20_Training_002", "t2")))
+
+
+def test_bad_requests_are_user_errors(store):
+    with pytest.raises(UserError, match="no label"):
+        train_dataset(store, ["BraTS20_Validation_001", *train_ids(store)], MODS, CROP, 1)
+    with pytest.raises(UserError, match="no training step"):
+        train_dataset(store, train_ids(store)[:3], MODS, CROP, 2, size=2)
+    with pytest.raises(UserError, match="not in the store"):
+        train_dataset(store, ["nope"], MODS, CROP, 1)
+    with pytest.raises(UserError, match="rank"):
+        epoch_shard(train_ids(store), 0, 0, rank=2, size=2)
