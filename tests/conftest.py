@@ -48,3 +48,30 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory):
+    """Generated BraTS cases (reduced size), prepared and split once for the whole session.
+
+    Returns a dict with raw, store and split paths. 10 cases at 64x64x40 voxels (3.75 mm), roi 48x48x40.
+    """
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("small-store")
+    raw, store = root / "raw", root / "store"
+    assert main(["synth", "--out", str(raw), "--cases", "10", "--seed", "3", "--shape", "64", "64", "40"]) == 0
+    assert main(["prepare", "--data", str(raw), "--out", str(store), "--roi", "48", "48", "40", "--workers", "2"]) == 0
+    assert main(["split", "--store", str(store), "--seed", "0", "--val", "0.2", "--test", "0.2"]) == 0
+    return {"raw": raw, "store": store, "split": store / "split-seed0.json"}
+
+
+@pytest.fixture(scope="session")
+def store_run(small_store, tmp_path_factory):
+    """A short 2-rank run on `small_store` with flair,t1ce (shared by several test modules)."""
+    out = tmp_path_factory.mktemp("store-run") / "run"
+    run(horovodrun_cmd(2, *bratsbench_cmd(
+        "train", "--store", str(small_store["store"]), "--split", str(small_store["split"]),
+        "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2", "--batch-size", "1",
+        "--modalities", "flair,t1ce", "--epochs", "2", "--steps-per-epoch", "3", "--out", str(out))))
+    return out

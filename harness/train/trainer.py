@@ -149,10 +149,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
             record["model"]["unfrozen_at_epoch"] = epoch
         steps = total_steps if tcfg.benchmark else spe
         done_in_epoch = global_step - epoch * spe if not tcfg.benchmark else 0
-        ds = source.epoch_dataset(epoch)
-        if tcfg.benchmark or steps > source.steps_per_epoch:
-            ds = ds.repeat()
-        it = iterate(ds, skip=done_in_epoch)
+        it = iterate(_epoch_stream(source, epoch, steps, tcfg.benchmark), skip=done_in_epoch)
         t_epoch = time.perf_counter()
         epoch_losses: list[float] = []
         epoch_times: list[float] = []
@@ -214,6 +211,18 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     record["timing"]["threads_per_rank"] = world.threads
     if world.is_root and tcfg.benchmark:
         print(json.dumps({k: timing[k] for k in ("throughput_samples_s", "step_time_mean_s", "input_wait_share") if k in timing}), file=sys.stderr)
+
+
+def _epoch_stream(source, epoch: int, steps: int, benchmark: bool) -> tf.data.Dataset:
+    """This epoch's batches. An epoch longer than one pass over the data chains further passes with their own
+    seeds (fresh shuffles and crops, still deterministic, so `--resume` can skip into them)."""
+    ds = source.epoch_dataset(epoch)
+    if benchmark:
+        return ds.repeat()
+    passes = -(-steps // source.steps_per_epoch)
+    for extra in range(1, passes):
+        ds = ds.concatenate(source.epoch_dataset(epoch + 1_000_003 * extra))
+    return ds
 
 
 def weights_checksum(model: tf.keras.Model) -> str:

@@ -1,0 +1,27 @@
+"""MMD result tables: Markdown for people, CSV for programs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Sequence
+
+COLUMNS = ("features", "pair", "mmd2", "p_value", "n", "m", "dim", "sigma")
+
+
+def markdown(rows: Sequence[dict[str, Any]]) -> str:
+    head = "| features | pair | MMD² | p-value | n | m | dim | σ |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        sigma = f"{r['sigma']:.3g}" if r.get("sigma") is not None else "-"
+        lines.append(f"| {r['features']} | {r['pair']} | {r['mmd2']:.5f} | {r['p_value']:.4f} | {r['n']} | {r['m']} | {r['dim']} | {sigma} |")
+    return "\n".join(lines)
+
+
+def write_tables(rows: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    (out / "shift.md").write_text(markdown(rows) + "\n")
+    with open(out / "shift.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return [markdown(rows), str(out / "shift.md"), str(out / "shift.csv")]
