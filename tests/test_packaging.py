@@ -46,3 +46,19 @@ def test_console_script_help_runs_without_tensorflow_import():
     code = "import sys; from harness.cli import main; \ntry:\n main(['--help'])\nexcept SystemExit: pass\nprint('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_train_flags_pass_through_horovodrun():
+    """horovodrun's argparse rejects an ambiguous abbreviation of its own options even after the command."""
+    import re
+
+    from harness.cli import build_parser
+
+    help_text = subprocess.run([str(REPO / ".venv" / "bin" / "horovodrun"), "--help"], capture_output=True, text=True).stdout
+    theirs = set(re.findall(r"(--[a-z][a-z0-9-]+)", help_text))
+    assert "--timeline-filename" in theirs
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    ours = {opt for action in sub.choices["train"]._actions for opt in action.option_strings if opt.startswith("--")}
+    for opt in ours:
+        matches = [t for t in theirs if t.startswith(opt)]
+        assert opt in matches or len(matches) <= 1, f"{opt} is ambiguous for horovodrun: {matches}"

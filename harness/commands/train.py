@@ -105,7 +105,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validate-every", type=int, default=None, help="validate every N epochs (default 1)")
     g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A:B",
                    help="TensorFlow profiler trace of steps A..B on every rank into OUT/profile/rank<N>")
-    g.add_argument("--timeline", action="store_true", default=None, help="Horovod timeline of the profiled steps")
+    # not --timeline: horovodrun would reject it as an ambiguous abbreviation of its own --timeline-* options
+    g.add_argument("--hvd-timeline", dest="timeline", action="store_true", default=None,
+                   help="Horovod timeline of the profiled steps (OUT/timeline.json)")
     p.add_argument("--config", default=None, help="run config JSON (as in a run record's 'config'); flags override it")
     p.add_argument("--out", default=None, help="run folder (record.json, checkpoints/, profile/)")
     p.add_argument("--name", default=None, help="a label stored in the run record")
@@ -145,12 +147,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--first-conv", choices=("copy", "average", "reinit"), default=None,
                    help="with --init-from across modalities: how the first convolution is initialised")
     p.add_argument("--unfreeze-after", type=int, default=None, help="unfreeze all levels after N epochs")
+    p.add_argument("--extra", default=None, metavar="JSON",
+                   help="JSON object stored under 'extra' in the run record (used by sweeps and transfer)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    extra = None
+    if args.extra:
+        try:
+            extra = json.loads(args.extra)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--extra is not valid JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise UserError("--extra must be a JSON object")
+    if args.unfreeze_after is not None and args.unfreeze_after < 1:
+        raise UserError(f"--unfreeze-after {args.unfreeze_after} must be at least 1 epoch")
     from harness.train.trainer import train
 
-    record = train(cfg, first_conv=args.first_conv, unfreeze_after=args.unfreeze_after)
+    record = train(cfg, first_conv=args.first_conv, unfreeze_after=args.unfreeze_after, extra=extra)
     return 0 if record["status"] == "ok" else 1

@@ -29,6 +29,8 @@ class StepProfiler:
     def before_step(self, step: int) -> None:
         if self.window and step == self.window[0] and not self.active:
             self.logdir.mkdir(parents=True, exist_ok=True)
+            # TensorBoard lists a folder as a run only when it holds an events file
+            tf.summary.create_file_writer(str(self.logdir)).close()
             if self.timeline:
                 import horovod.tensorflow as hvd
 

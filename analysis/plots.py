@@ -1,0 +1,130 @@
+"""PNG figures of the analysis tables (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from analysis import tables
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
+def scaling_png(table: pd.DataFrame, kind: str, path: str | Path) -> Path:
+    """Throughput vs ranks with each series' ideal line (left) and parallel efficiency (right)."""
+    plt = _plt()
+    data = table[table["scaling"] == kind]
+    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for i, (group, g) in enumerate(data.groupby("group", sort=False)):
+        colour = f"C{i % 10}"
+        ax.errorbar(g["np"], g["throughput"], yerr=g["throughput_sd"].fillna(0), marker="o", color=colour, label=group, capsize=3)
+        ax.plot(g["np"], g["ideal"], linestyle="--", color=colour, alpha=0.7, label=f"ideal ({group})" if len(data["group"].unique()) > 1 else "ideal (linear)")
+        ax_eff.plot(g["np"], 100 * g["efficiency"], marker="o", color=colour, label=group)
+    ticks = sorted(data["np"].unique())
+    fixed = "per-rank batch fixed" if kind == "weak" else "global batch fixed"
+    ax.set(xlabel="ranks (np)", ylabel="throughput (samples/s)", title=f"{kind} scaling ({fixed})", xticks=ticks)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax_eff.axhline(100, color="grey", linestyle="--", label="ideal (100%)")
+    ax_eff.set(xlabel="ranks (np)", ylabel="parallel efficiency (%)", title="efficiency = speedup / np", xticks=ticks)
+    ax_eff.set_ylim(0, max(110, float(100 * data["efficiency"].max()) + 10))
+    ax_eff.legend(fontsize=7, loc="lower left")
+    ax_eff.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def batch_png(table: pd.DataFrame, path: str | Path) -> Path:
+    """Step time and time per sample vs per-rank batch size."""
+    plt = _plt()
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for i, (group, g) in enumerate(table.groupby("group", sort=False)):
+        ax.errorbar(g["batch_size"], g["step_time_ms"], yerr=g["step_time_sd_ms"].fillna(0), marker="o", color=f"C{i % 10}", label=group, capsize=3)
+        ax_s.plot(g["batch_size"], g["ms_per_sample"], marker="o", color=f"C{i % 10}", label=group)
+    ticks = sorted(table["batch_size"].unique())
+    ax.set(xlabel="per-rank batch size", ylabel="step time (ms)", title="step time vs batch size", xticks=ticks)
+    ax_s.set(xlabel="per-rank batch size", ylabel="step time per sample (ms)", title="time per sample", xticks=ticks)
+    for a in (ax, ax_s):
+        a.set_ylim(bottom=0)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def freeze_png(table: pd.DataFrame, path: str | Path) -> Path:
+    """Step time and trainable parameters relative to freeze depth 0."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
+    multi = table["group"].nunique() > 1
+    for i, (group, g) in enumerate(table.groupby("group", sort=False)):
+        suffix = f" ({group})" if multi else ""
+        ax.plot(g["freeze_depth"], g["step_time_rel"], marker="o", color=f"C{i % 10}", label=f"step time{suffix}")
+        ax.plot(g["freeze_depth"], g["params_rel"], marker="s", linestyle=":", color=f"C{i % 10}", label=f"trainable parameters{suffix}")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set(xlabel="frozen encoder levels (freeze depth)", ylabel="relative to freeze depth 0",
+           title="cost of training vs frozen levels" + ("" if multi else f"\n{table['group'].iloc[0]}"),
+           xticks=sorted(table["freeze_depth"].unique()))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def learning_curves_png(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Validation WT Dice vs epoch, one line per freeze depth k and for scratch (mean over seeds, band = ± sd)."""
+    curves = tables.transfer_curves(list(records))
+    if not curves:
+        raise ValueError("no transfer records (extra.transfer with role finetune/scratch) with per-epoch validation Dice")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, (condition, c) in enumerate(curves.items()):
+        style = dict(color="black", linestyle="--") if condition == "scratch" else dict(color=f"C{i % 10}")
+        seeds = int(c["size"].max())
+        ax.plot(c["epoch"], c["mean"], marker="o", markersize=3, label=f"{condition} ({seeds} seed{'s' if seeds != 1 else ''})", **style)
+        if c["std"].notna().any():
+            ax.fill_between(c["epoch"], c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0), alpha=0.15, color=style["color"])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="validation WT Dice", title="fine-tuning vs training from scratch (whole tumour)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def breakdown_png(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Stacked bars: mean ms per profiled step in compute / communication / input / other, one bar per run and rank."""
+    plt = _plt()
+    labels = [f"{r.run}\nrank {r.rank}" if "run" in summary else f"rank {r.rank}" for r in summary.itertuples()]
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(labels) + 2), 4.5), dpi=110)
+    bottom = [0.0] * len(labels)
+    colours = {"compute_ms": "C0", "communication_ms": "C3", "input_ms": "C2", "other_ms": "C7"}
+    for bucket, colour in colours.items():
+        values = list(summary[bucket])
+        ax.bar(labels, values, bottom=bottom, color=colour, label=bucket.replace("_ms", ""))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    if "record_step_ms" in summary and summary["record_step_ms"].notna().any():
+        ax.scatter(labels, summary["record_step_ms"], marker="_", s=600, color="black", zorder=3, label="record mean step")
+    ax.set(ylabel="ms per profiled step", title="step-time breakdown (profiled steps)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

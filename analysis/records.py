@@ -1,0 +1,143 @@
+"""Load run records from a results folder and flatten them into one table row per run.
+
+Every later table is built from these rows, so the field names here are the vocabulary of the analysis.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+
+from harness.record import RECORD_NAME, read_record
+
+PATH_KEY = "_path"  # added to each loaded record: the record.json it came from
+
+# Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
+# compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
+SETTINGS = (
+    "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
+    "source", "sweep_mode", "benchmark",
+)
+
+
+def find_record_paths(results: str | Path) -> list[Path]:
+    """RESULTS/runs/*/record.json first, then any other */record.json below RESULTS (each file once)."""
+    root = Path(results)
+    seen: dict[Path, None] = {}
+    for path in [*sorted(root.glob(f"runs/*/{RECORD_NAME}")), *sorted(root.rglob(RECORD_NAME))]:
+        seen.setdefault(path.resolve(), None)
+    return list(seen)
+
+
+def load_records(results: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every readable run record below RESULTS; an unreadable one costs one warning line, not the analysis."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    records = []
+    for path in find_record_paths(results):
+        try:
+            record = read_record(path)
+            if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+                raise ValueError("not a run record (no 'config' object)")
+        except (OSError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+            reason = str(exc).replace(str(path) + ": ", "").splitlines()[0] if str(exc) else type(exc).__name__
+            warn(f"warning: skipping {path}: {reason}")
+            continue
+        record[PATH_KEY] = str(path)
+        records.append(record)
+    return records
+
+
+def run_dir(record: dict[str, Any]) -> Path | None:
+    """The folder a loaded record lives in (where profile/ and timeline.json are), else its config's `out`."""
+    if record.get(PATH_KEY):
+        return Path(record[PATH_KEY]).parent
+    out = (record.get("config") or {}).get("out")
+    return Path(out) if out else None
+
+
+def _get(d: Any, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) else ",".join(map(str, value))
+    return value
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """One row of the fields the tables use (missing values are None)."""
+    cfg = record.get("config") or {}
+    model, data, train = cfg.get("model") or {}, cfg.get("data") or {}, cfg.get("train") or {}
+    timing = record.get("timing") or {}
+    sweep = _get(record, "extra", "sweep") or {}
+    world = record.get("world_size") or sweep.get("np") or 1
+    batch = train.get("batch_size")
+    return {
+        "run": record.get("name") or (run_dir(record) or Path("")).name or record.get("run_id"),
+        "path": record.get(PATH_KEY),
+        "status": record.get("status"),
+        "np": int(world),
+        "batch_size": batch,
+        "global_batch": timing.get("global_batch") or (batch * world if batch else None),
+        "throughput": timing.get("throughput_samples_s"),
+        "step_time_s": timing.get("step_time_mean_s"),
+        "step_time_sd_s": timing.get("step_time_sd_s"),
+        "steps": timing.get("steps"),
+        "freeze_depth": -1 if train.get("freeze_all_but_head") else train.get("freeze_depth", 0),
+        "params_trainable": _get(record, "model", "params_trainable"),
+        "params_total": _get(record, "model", "params_total"),
+        "modalities": _text(model.get("modalities")),
+        "crop": _text(data.get("crop")),
+        "base_filters": model.get("base_filters"),
+        "depth": model.get("depth"),
+        "norm": model.get("norm"),
+        "amp": bool(train.get("amp")),
+        "xla": bool(train.get("xla")),
+        "loss": train.get("loss"),
+        "threads": train.get("threads"),
+        "benchmark": bool(train.get("benchmark")),
+        "source": "synthetic" if data.get("synthetic") else "store",
+        "sweep_scaling": sweep.get("scaling"),
+        "sweep_mode": sweep.get("mode"),
+        "sweep_label": sweep.get("label"),
+    }
+
+
+def frame(records: Iterable[dict[str, Any]], ok_only: bool = True) -> pd.DataFrame:
+    """Flattened records as a DataFrame (only finished runs unless ok_only is False)."""
+    rows = [flatten(r) for r in records if not ok_only or r.get("status") in ("ok", None)]
+    return pd.DataFrame(rows, columns=list(flatten({}).keys()) if not rows else None)
+
+
+_LABELS = {"crop": "crop", "base_filters": "base", "depth": "depth", "modalities": "", "np": "np",
+           "batch_size": "batch", "norm": "norm", "loss": "loss", "threads": "threads", "source": "",
+           "sweep_mode": "", "freeze_depth": "freeze", "benchmark": "", "amp": "", "xla": ""}
+
+
+def _part(key: str, value: Any) -> str | None:
+    if value is None or value == "-" or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if key in ("amp", "xla"):
+        return key if value else f"no {key}"
+    if key == "benchmark":
+        return "benchmark" if value else "training"
+    return f"{_LABELS.get(key, key)} {value}".strip()
+
+
+def settings_label(row: pd.Series | dict[str, Any], keys: Iterable[str]) -> str:
+    """A short human label of a group from the given settings, e.g. 'crop 32x32x32, base 8, amp'."""
+    parts = [_part(key, row.get(key)) for key in keys if key in row]
+    return ", ".join(p for p in parts if p)
+
+
+def varying(rows: Sequence[pd.Series | dict[str, Any]], keys: Iterable[str]) -> list[str]:
+    """The keys whose values differ between rows: only those are worth naming in a group label."""
+    return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]

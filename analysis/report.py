@@ -1,0 +1,235 @@
+"""Turn a results folder into tables (Markdown + CSV), PNG figures and a report.md that links them.
+
+A section whose inputs are missing is skipped with one line saying why; only a folder without any run record is
+an error.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from analysis import plots, tables
+from analysis.records import load_records, run_dir
+from harness.errors import UserError
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, display frame)
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    about: str = ""
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [f for f in self.files if f.suffix == ".png"]
+
+
+def _write(df: pd.DataFrame, out: Path, stem: str, section: Section, caption: str = "", display: pd.DataFrame | None = None) -> None:
+    """CSV of the full table, Markdown of its display form."""
+    shown = df if display is None else display
+    (out / f"{stem}.csv").write_text(df.to_csv(index=False))
+    (out / f"{stem}.md").write_text((f"**{caption}**\n\n" if caption else "") + tables.markdown(shown) + "\n")
+    section.files += [out / f"{stem}.md", out / f"{stem}.csv"]
+    section.tables.append((caption, shown))
+
+
+def scaling_section(records: list[dict], out: Path) -> Section:
+    s = Section("scaling", "Scaling: throughput vs ranks", about=(
+        "Weak scaling fixes the per-rank batch, strong scaling the global batch. speedup = throughput(np) / "
+        "throughput(smallest np), efficiency = speedup / (np / smallest np), ideal = linear from the smallest np."))
+    table = tables.scaling_table(records)
+    if table.empty:
+        s.skipped = "no series of >= 2 rank counts that share the per-rank (weak) or global (strong) batch and all other settings"
+        return s
+    _write(table, out, "scaling", s)
+    for kind in ("weak", "strong"):
+        if (table["scaling"] == kind).any():
+            s.files.append(plots.scaling_png(table, kind, out / f"scaling_{kind}.png"))
+    return s
+
+
+def batch_section(records: list[dict], out: Path) -> Section:
+    s = Section("batch", "Step time vs batch size")
+    table = tables.batch_table(records)
+    if table.empty:
+        s.skipped = "no runs that differ only in the per-rank batch size"
+        return s
+    _write(table, out, "batch", s)
+    s.files.append(plots.batch_png(table, out / "batch.png"))
+    return s
+
+
+def freeze_section(records: list[dict], out: Path) -> Section:
+    s = Section("freeze", "Step time and trainable parameters vs freeze depth")
+    table = tables.freeze_table(records)
+    if table.empty:
+        s.skipped = "no runs that differ only in the freeze depth"
+        return s
+    _write(table, out, "freeze", s)
+    s.files.append(plots.freeze_png(table, out / "freeze.png"))
+    return s
+
+
+def transfer_section(records: list[dict], out: Path) -> Section:
+    s = Section("transfer", "Transfer (fine-tuned at freeze depth k) vs training from scratch")
+    table = tables.transfer_table(records)
+    if table.empty:
+        s.skipped = "no records with extra.transfer role finetune/scratch"
+        return s
+    _write(table, out, "transfer", s, "final Dice per region, mean ± sd (ddof=1) over seeds", tables.pm_view(table))
+    try:
+        s.files.append(plots.learning_curves_png(records, out / "learning_curves.png"))
+    except ValueError as exc:
+        s.notes.append(f"no learning curves: {exc}")
+    return s
+
+
+def mmd_section(results: Path, out: Path) -> Section:
+    s = Section("mmd", "Domain shift (MMD)")
+    table = tables.mmd_table(results)
+    if table.empty:
+        s.skipped = f"no MMD results ({results / 'shift'}/*.json with 'rows')"
+        return s
+    _write(table, out, "mmd", s)
+    return s
+
+
+def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
+    """Step-time breakdown, top ops and Horovod timeline of every run that holds profiler captures."""
+    s = Section("profile", "Profiler: step-time breakdown per rank", about=(
+        "Per rank, mean ms per profiled step. step_ms runs from the trainer's next(it) to the end of the step marker "
+        "(marker_ms is the marker alone, as TensorBoard shows it). compute: some TF op runs; communication: a Horovod "
+        "collective is in flight and no op runs (comm_inflight_ms counts the overlapped time too); input: blocked in "
+        "GetNext; other: the rest. record_step_ms is the record's mean over all timed steps, profiled or not."))
+    from analysis import traces
+
+    profiled = [(r, run_dir(r)) for r in records]
+    profiled = [(r, d, traces.find_captures(d)) for r, d in profiled if d is not None and (d / "profile").is_dir()]
+    profiled = [p for p in profiled if p[2]]
+    if not profiled:
+        s.skipped = "no run with profiler captures (train --profile-steps A:B writes RUN/profile/rank<N>/)"
+        return s
+    from tqdm import tqdm
+
+    summaries, steps, ops, phases, ranks = [], [], [], [], []
+    bar = tqdm(total=sum(len(p[2]) for p in profiled), desc="profiles", unit="rank", file=sys.stderr)
+    try:
+        for record, folder, captures in profiled:
+            name = folder.name
+            try:
+                per_step = traces.run_breakdown(folder, progress=bar)
+            except (ValueError, RuntimeError, OSError) as exc:
+                s.notes.append(f"{folder}: no breakdown ({exc})")
+                continue
+            per_step.insert(0, "run", name)
+            steps.append(per_step)
+            summary = traces.summarize_breakdown(per_step.drop(columns="run"), record)
+            summary.insert(0, "run", name)
+            summaries.append(summary)
+            for rank, xplane in captures.items():
+                try:
+                    t = traces.top_ops(xplane, top)
+                except (RuntimeError, OSError, KeyError, ValueError) as exc:
+                    s.notes.append(f"{xplane}: no op table ({exc})")
+                    continue
+                t.insert(0, "rank", rank)
+                t.insert(0, "run", name)
+                ops.append(t)
+            listed = _tensorboard_check(traces, folder, captures)
+            if listed:
+                s.notes.append(listed)
+            timeline = folder / "timeline.json"
+            if timeline.is_file():
+                summary_t = traces.timeline_summary(traces.read_timeline(timeline))
+                phases.append(summary_t.phases.assign(run=name)[["run", *summary_t.phases.columns]])
+                if not summary_t.ranks.empty:
+                    ranks.append(summary_t.ranks.assign(run=name)[["run", *summary_t.ranks.columns]])
+                if summary_t.note:
+                    s.notes.append(f"{timeline}: {summary_t.note}")
+                if summary_t.unclosed:
+                    s.notes.append(f"{timeline}: {summary_t.unclosed} activities never ended (job killed, or the window closed "
+                                   "mid-activity); they are not counted")
+    finally:
+        bar.close()
+    summary_all = tables.concat(summaries)
+    if summary_all.empty:
+        s.skipped = "captures found but none could be analysed: " + "; ".join(s.notes)
+        return s
+    _write(summary_all, out, "profile_breakdown", s, "mean ms per profiled step; buckets sum to step_ms (span incl. next(it))",
+           tables.breakdown_view(summary_all))
+    (out / "profile_steps.csv").write_text(tables.concat(steps).to_csv(index=False))
+    s.files.append(out / "profile_steps.csv")
+    if ops:
+        all_ops = tables.concat(ops)
+        _write(all_ops, out, "profile_top_ops", s, f"top {top} ops by self time per rank", all_ops.assign(share=all_ops["share"].round(3)))
+    if phases:
+        _write(tables.concat(phases), out, "timeline_phases", s,
+               "Horovod timeline (written by rank 0): time per phase summed over tensors, which overlap")
+    if ranks:
+        _write(tables.concat(ranks), out, "timeline_ranks", s, "Horovod timeline: negotiation per rank")
+    s.files.append(plots.breakdown_png(summary_all, out / "profile_breakdown.png"))
+    return s
+
+
+def _tensorboard_check(traces: Any, folder: Path, captures: dict[int, Path]) -> str | None:
+    """A note when `tensorboard --logdir RUN/profile` would not list every rank's capture."""
+    try:
+        listed = traces.tensorboard_runs(folder / "profile")
+    except Exception as exc:  # noqa: BLE001 - a TensorBoard API change must not stop the analysis
+        return f"{folder}: could not ask TensorBoard's profile plugin for its runs ({type(exc).__name__})"
+    missing = [r for r in captures if not any(run.split("/")[0] == f"rank{r}" for run in listed)]
+    if missing:
+        return (f"{folder / 'profile'}: TensorBoard's profile plugin does not list rank(s) {', '.join(map(str, missing))} "
+                "(a rank folder needs an events file to be a TensorBoard run)")
+    return None
+
+
+def build_report(results: str | Path, out: str | Path | None = None, top: int = 10,
+                 warn: Callable[[str], None] | None = None) -> tuple[list[Section], Path]:
+    """Write every section's files and report.md into OUT (default RESULTS/analysis); returns the sections."""
+    results = Path(results)
+    if not results.is_dir():
+        raise UserError(f"results folder '{results}' does not exist")
+    records = load_records(results, warn=warn)
+    if not records:
+        raise UserError(f"'{results}' holds no readable run records (no */record.json below it)")
+    out = Path(out) if out else results / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        scaling_section(records, out),
+        batch_section(records, out),
+        freeze_section(records, out),
+        transfer_section(records, out),
+        mmd_section(results, out),
+        profile_section(records, out, top),
+    ]
+    (out / "report.md").write_text(render(sections, results, len(records), out))
+    return sections, out / "report.md"
+
+
+def render(sections: list[Section], results: Path, n_records: int, out: Path) -> str:
+    lines = [f"# Benchmark report: {results}", "", f"{n_records} run record(s) read.", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        if s.about and not s.skipped:
+            lines += [s.about, ""]
+        if s.skipped:
+            lines += [f"Skipped: {s.skipped}.", ""]
+            continue
+        for caption, table in s.tables:
+            if caption:
+                lines += [f"*{caption}*", ""]
+            lines += [tables.markdown(table), ""]
+        lines += ["Files: " + ", ".join(f"[{f.name}]({f.relative_to(out)})" for f in s.files if f.suffix != ".png"), ""]
+        lines += [f"![{p.stem}]({p.relative_to(out)})" for p in s.pngs] + [""]
+        lines += [f"- note: {n}" for n in s.notes] + ([""] if s.notes else [])
+    return "\n".join(lines)

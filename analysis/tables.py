@@ -1,0 +1,304 @@
+"""Tables that answer the benchmark's questions, computed from run records only (and MMD result files).
+
+Each function returns a pandas DataFrame (empty when the records cannot answer the question), so other commands
+(e.g. a transfer comparison) can reuse them; `markdown` and `terminal` render any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.records import SETTINGS, frame, settings_label, varying
+
+REGIONS = ("ET", "TC", "WT")
+COST_KEYS = (*SETTINGS, "freeze_depth")  # what must agree for two runs' step times to be comparable
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.{digits}g}" if abs(value) < 10 ** digits else f"{float(value):.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (numbers right-aligned), written here because `tabulate` is not installed."""
+    cols = list(df.columns)
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def terminal(df: pd.DataFrame, digits: int = 4) -> str:
+    """Aligned columns for a terminal."""
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = [_cell(v, digits) for v in shown[col]]
+    return shown.to_string(index=False)
+
+
+# ---------------------------------------------------------------- grouping helpers
+
+
+def _key_frame(records: Iterable[dict[str, Any]], need: str) -> pd.DataFrame:
+    df = frame(records)
+    if df.empty or need not in df:
+        return df.iloc[0:0]
+    df = df[df[need].notna()].copy()
+    for key in COST_KEYS:  # groupby drops None keys; make them explicit values
+        df[key] = df[key].astype(object).where(df[key].notna(), "-")
+    return df
+
+
+def _mean_by(g: pd.DataFrame, by: str, value: str) -> pd.DataFrame:
+    """Repeated runs of one configuration averaged (runs = how many, sd over them)."""
+    extra = {"batch_size": "first", "global_batch": "first", "step_time_s": "mean", "params_trainable": "first",
+             "throughput": "mean"}
+    spec = {name: (name, how) for name, how in extra.items() if name != by}
+    return g.groupby(by, sort=True).agg(runs=(value, "size"), mean=(value, "mean"), sd=(value, "std"), **spec).reset_index()
+
+
+# ---------------------------------------------------------------- scaling
+
+
+def _series(df: pd.DataFrame, keys: Sequence[str], by: str, value: str) -> list[tuple[pd.Series, pd.DataFrame]]:
+    """(settings row, points averaged per `by` value) for every group with at least two `by` values."""
+    if df.empty:
+        return []
+    out = []
+    for _, g in df.groupby(list(keys), sort=True, dropna=False):
+        points = _mean_by(g, by, value)
+        if len(points) >= 2:
+            out.append((g.iloc[0], points))
+    return out
+
+
+def _labels(series: list[tuple[pd.Series, pd.DataFrame]], keys: Sequence[str], fallback: str) -> list[str]:
+    rows = [first for first, _ in series]
+    names = varying(rows, keys)
+    return [settings_label(first, names) or fallback for first in rows]
+
+
+def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Throughput against the number of ranks, with the ideal line, speedup and efficiency.
+
+    Weak scaling keeps the per-rank batch fixed, strong scaling the global batch; a record whose
+    extra.sweep.scaling names one kind only joins that kind. Within a series the baseline is the smallest np
+    (normally 1): speedup = throughput(np) / throughput(base), ideal = throughput(base) * np / base_np,
+    efficiency = speedup / (np / base_np). Repeated runs of one point are averaged. Group labels name only the
+    settings that differ between series.
+    """
+    df = _key_frame(records, "throughput")
+    found = []
+    for kind, fixed in (("weak", "batch_size"), ("strong", "global_batch")):
+        sel = df[df["sweep_scaling"].isna() | (df["sweep_scaling"] == kind)] if not df.empty else df
+        found += [(kind, fixed, first, points) for first, points in _series(sel, [*COST_KEYS, fixed], "np", "throughput")]
+    labels = _labels([(f, p) for _, _, f, p in found], COST_KEYS, "")
+    rows = []
+    for (kind, fixed, first, points), label in zip(found, labels):
+        label = "; ".join(x for x in (label, f"{'per-rank' if kind == 'weak' else 'global'} batch {int(first[fixed])}") if x)
+        base = points.iloc[0]
+        for p in points.itertuples(index=False):
+            speedup = p.mean / base["mean"]
+            scale = p.np / base["np"]
+            rows.append({
+                "scaling": kind, "group": label, "np": int(p.np), "batch_size": p.batch_size,
+                "global_batch": p.global_batch, "runs": int(p.runs), "throughput": p.mean,
+                "throughput_sd": p.sd, "ideal": base["mean"] * scale, "speedup": speedup,
+                "efficiency": speedup / scale, "step_time_ms": p.step_time_s * 1e3 if p.step_time_s else math.nan,
+            })
+    return pd.DataFrame(rows, columns=["scaling", "group", "np", "batch_size", "global_batch", "runs", "throughput",
+                                       "throughput_sd", "ideal", "speedup", "efficiency", "step_time_ms"])
+
+
+# ---------------------------------------------------------------- batch size and freeze depth
+
+
+def batch_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Step time against the per-rank batch size (same ranks and settings), time per sample, and step time
+    relative to the smallest batch of the series."""
+    keys = [*COST_KEYS, "np"]
+    series = _series(_key_frame(records, "step_time_s"), keys, "batch_size", "step_time_s")
+    rows = []
+    for (first, points), label in zip(series, _labels(series, keys, "all runs")):
+        base = points.iloc[0]
+        for p in points.itertuples(index=False):
+            rows.append({
+                "group": label, "np": int(first["np"]), "batch_size": int(p.batch_size), "runs": int(p.runs),
+                "step_time_ms": p.mean * 1e3, "step_time_sd_ms": p.sd * 1e3,
+                "ms_per_sample": p.mean * 1e3 / p.batch_size, "step_time_rel": p.mean / base["mean"],
+                "throughput": p.throughput,
+            })
+    return pd.DataFrame(rows, columns=["group", "np", "batch_size", "runs", "step_time_ms", "step_time_sd_ms",
+                                       "ms_per_sample", "step_time_rel", "throughput"])
+
+
+def freeze_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Step time and trainable parameters against the number of frozen encoder levels, relative to depth 0
+    (NaN where a series has no depth-0 run). Runs that freeze all but the head are not a depth and are left out."""
+    df = _key_frame(records, "step_time_s")
+    if not df.empty:
+        df = df[df["freeze_depth"] != -1]
+    keys = [k for k in COST_KEYS if k != "freeze_depth"] + ["np", "batch_size"]
+    series = _series(df, keys, "freeze_depth", "step_time_s")
+    rows = []
+    for (first, points), label in zip(series, _labels(series, keys, "all runs")):
+        zero = points[points["freeze_depth"] == 0]
+        t0 = float(zero["mean"].iloc[0]) if len(zero) else math.nan
+        p0 = _num(zero["params_trainable"].iloc[0]) if len(zero) else math.nan
+        for p in points.itertuples(index=False):
+            params = _num(p.params_trainable)
+            rows.append({
+                "group": label, "freeze_depth": int(p.freeze_depth), "runs": int(p.runs),
+                "params_trainable": params, "params_rel": params / p0,
+                "step_time_ms": p.mean * 1e3, "step_time_rel": p.mean / t0,
+            })
+    return pd.DataFrame(rows, columns=["group", "freeze_depth", "runs", "params_trainable", "params_rel",
+                                       "step_time_ms", "step_time_rel"])
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None or pd.isna(value) else float(value)
+
+
+# ---------------------------------------------------------------- transfer vs scratch
+
+
+def region_dice(obj: Any) -> dict[str, float]:
+    """ET/TC/WT Dice from any of the shapes records use: {"ET": d}, {"ET_dice": d} or a summary {"mean": {...}}."""
+    if not isinstance(obj, dict):
+        return {}
+    if isinstance(obj.get("mean"), dict):
+        obj = obj["mean"]
+    out = {}
+    for region in REGIONS:
+        for key in (region, f"{region}_dice"):
+            value = obj.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[region] = float(value)
+                break
+    return out
+
+
+def _transfer_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per finetune/scratch record: its condition, seed, final val/test Dice and WT curve."""
+    runs = []
+    for r in records:
+        info = ((r.get("extra") or {}).get("transfer")) or {}
+        role = info.get("role")
+        if role not in ("finetune", "scratch") or r.get("status") not in ("ok", None):
+            continue
+        k = info.get("freeze_depth", ((r.get("config") or {}).get("train") or {}).get("freeze_depth", 0))
+        history = [h for h in r.get("history") or [] if region_dice(h.get("val"))]
+        final_val = region_dice(history[-1]["val"]) if history else region_dice((r.get("metrics") or {}).get("val"))
+        test = region_dice((r.get("metrics") or {}).get("test")) or region_dice(info.get("test"))
+        runs.append({
+            "condition": "scratch" if role == "scratch" else f"finetune k={k}",
+            "role": role, "freeze_depth": None if role == "scratch" else int(k), "seed": info.get("seed"),
+            "val": final_val, "test": test, "epochs": len(r.get("history") or []),
+            "curve": [(int(h.get("epoch", i + 1)), region_dice(h["val"]).get("WT", math.nan)) for i, h in enumerate(history)],
+        })
+    return runs
+
+
+def _order(condition: str) -> tuple[int, int]:
+    return (1, 0) if condition == "scratch" else (0, int(condition.split("=")[1]))
+
+
+def transfer_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Final validation (and test, where recorded) Dice per region for each freeze depth k and for scratch:
+    mean and sample standard deviation (ddof=1) over seeds."""
+    runs = _transfer_runs(records)
+    rows = []
+    for condition in sorted({r["condition"] for r in runs}, key=_order):
+        group = [r for r in runs if r["condition"] == condition]
+        row: dict[str, Any] = {
+            "condition": condition, "freeze_depth": group[0]["freeze_depth"], "seeds": len(group),
+            "epochs": max(r["epochs"] for r in group),
+        }
+        for split in ("val", "test"):
+            for region in REGIONS:
+                values = np.array([r[split][region] for r in group if region in r[split]], dtype=float)
+                if split == "test" and values.size == 0:
+                    continue
+                row[f"{split}_{region}"] = float(values.mean()) if values.size else math.nan
+                row[f"{split}_{region}_sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transfer_curves(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """condition -> per-epoch mean and sd of validation WT Dice over seeds (for the learning-curve plot)."""
+    runs = _transfer_runs(records)
+    out = {}
+    for condition in sorted({r["condition"] for r in runs}, key=_order):
+        points = pd.DataFrame([(e, d) for r in runs if r["condition"] == condition for e, d in r["curve"]], columns=["epoch", "wt"])
+        if not points.empty:
+            out[condition] = points.groupby("epoch")["wt"].agg(["mean", "std", "size"]).reset_index()
+    return out
+
+
+def pm_view(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A display copy of `transfer_table` with 'mean ± sd' cells."""
+    view = table[[c for c in ("condition", "seeds", "epochs") if c in table]].copy()
+    for col in table.columns:
+        if col.startswith(("val_", "test_")) and not col.endswith("_sd"):
+            sd = table.get(f"{col}_sd")
+            view[col] = [
+                "-" if pd.isna(m) else (f"{m:.{digits}f}" + ("" if sd is None or pd.isna(s) else f" ± {s:.{digits}f}"))
+                for m, s in zip(table[col], sd if sd is not None else [math.nan] * len(table))
+            ]
+    return view
+
+
+# ---------------------------------------------------------------- MMD
+
+
+def mmd_table(results: str | Path) -> pd.DataFrame:
+    """Rows of every RESULTS/shift/*.json ({"rows": [...]}) with the file they came from."""
+    rows = []
+    for path in sorted(Path(results, "shift").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for row in data.get("rows", []) if isinstance(data, dict) else []:
+            if isinstance(row, dict) and "mmd2" in row:
+                rows.append({"file": path.stem, **{k: row.get(k) for k in ("features", "pair", "mmd2", "p_value", "n", "m")}})
+    return pd.DataFrame(rows, columns=["file", "features", "pair", "mmd2", "p_value", "n", "m"])
+
+
+# ---------------------------------------------------------------- profiler
+
+
+def breakdown_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """The per-rank breakdown columns worth printing."""
+    cols = ["run", "rank", "steps", "step_ms", "marker_ms", "compute_ms", "communication_ms", "input_ms", "other_ms",
+            "compute_share", "communication_share", "input_share", "other_share", "comm_inflight_ms",
+            "record_step_ms", "trace_vs_record"]
+    view = summary[[c for c in cols if c in summary]].copy()
+    for col in [c for c in view if c.endswith("_share") or c == "trace_vs_record"]:
+        view[col] = view[col].round(3)
+    return view
+
+
+def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if f is not None and not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

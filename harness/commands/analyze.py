@@ -1,0 +1,46 @@
+"""`bratsbench analyze`: tables, plots and a report from a folder of run records (and profiles, MMD results)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="tables, plots and a report from run records: scaling, batch, freeze depth, transfer, MMD, profiles",
+        description=(
+            "Read every run record below RESULTS (runs/*/record.json and any */record.json), plus RESULTS/shift/*.json "
+            "and each run's profile/ and timeline.json, and write Markdown and CSV tables, PNG figures and report.md "
+            "into --out. A table whose inputs are missing is skipped with one line saying why."
+        ),
+    )
+    parser.add_argument("results", metavar="RESULTS", help="results folder holding run folders with record.json")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default RESULTS/analysis)")
+    parser.add_argument("--top", type=int, default=10, metavar="N", help="ops per rank in the top-ops table (default 10)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis import tables
+    from analysis.report import build_report
+    from harness.errors import UserError
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be at least 1")
+    sections, report = build_report(args.results, args.out, top=args.top)
+    for s in sections:
+        if s.skipped:
+            print(f"skipped {s.name}: {s.skipped}")
+            continue
+        print(f"\n== {s.title}")
+        for caption, table in s.tables:
+            if caption:
+                print(f"-- {caption}")
+            print(tables.terminal(table))
+        for png in s.pngs:
+            print(f"figure: {png}")
+        for note in s.notes:
+            print(f"note: {note}")
+    print(f"\nreport: {report}")
+    return 0

@@ -1,0 +1,63 @@
+"""The transfer-vs-scratch numbers computed from run records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from harness.transfer.compare import comparison, markdown, reach
+
+
+def _record(role, k, seed, test_wt, val_curve, step, params, cases):
+    return {
+        "status": "ok",
+        "extra": {"transfer": {"role": role, "freeze_depth": k, "seed": seed}},
+        "metrics": {"test": {"mean": {"WT_dice": test_wt, "TC_dice": test_wt - 0.1, "ET_dice": test_wt - 0.2}},
+                    "test_cases": [{"case_id": c, "WT_dice": d, "TC_dice": d, "ET_dice": d} for c, d in cases.items()]},
+        "history": [{"epoch": i + 1, "wall_s": 10.0, "val": {"WT": v}} for i, v in enumerate(val_curve)],
+        "timing": {"step_time_mean_s": step},
+        "model": {"params_trainable": params},
+    }
+
+
+@pytest.fixture
+def records():
+    return [
+        _record("scratch", 0, 0, 0.60, [0.2, 0.4, 0.6], 1.0, 1000, {"a": 0.5, "b": 0.7, "c": 0.6}),
+        _record("scratch", 0, 1, 0.64, [0.3, 0.5, 0.6], 1.0, 1000, {"a": 0.6, "b": 0.7, "c": 0.62}),
+        _record("finetune", 2, 0, 0.70, [0.5, 0.62, 0.7], 0.8, 400, {"a": 0.6, "b": 0.8, "c": 0.7}),
+        _record("finetune", 2, 1, 0.74, [0.61, 0.7, 0.75], 0.7, 400, {"a": 0.7, "b": 0.8, "c": 0.72}),
+        _record("pretrain", 0, 0, 0.9, [0.9], 1.0, 1000, {}),
+    ]
+
+
+def test_reach_counts_epochs_and_wall_time():
+    rec = _record("scratch", 0, 0, 0.6, [0.2, 0.5, 0.7], 1.0, 1, {})
+    assert reach(rec, 0.5) == (2, 20.0)
+    assert reach(rec, 0.9) == (None, None)
+
+
+def test_comparison_rows(records):
+    rows = {r["variant"]: r for r in comparison(records)}
+    assert set(rows) == {"k=2", "scratch"}  # the pre-training run is not a variant
+    k2, sc = rows["k=2"], rows["scratch"]
+    assert k2["WT_mean"] == pytest.approx(0.72) and k2["WT_sd"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
+    assert sc["WT_mean"] == pytest.approx(0.62)
+    # paired per case and seed: (0.1, 0.1, 0.1) and (0.1, 0.1, 0.1) -> mean diff 0.1 over 6 pairs
+    assert k2["WT_diff"] == pytest.approx(0.1) and k2["paired_n"] == 6
+    assert k2["WT_p"] < 0.05
+    # target = scratch's final val WT (0.6); k=2 reaches it at epochs 2 and 1
+    assert k2["target_WT"] == pytest.approx(0.6)
+    assert k2["epochs_to_target"] == pytest.approx(1.5) and k2["wall_s_to_target"] == pytest.approx(15.0)
+    assert k2["step_time_rel"] == pytest.approx(0.75) and k2["trainable_rel"] == pytest.approx(0.4)
+    assert sc["step_time_rel"] == pytest.approx(1.0) and sc["epochs_to_target"] == pytest.approx(3.0)
+    text = markdown(list(rows.values()))
+    assert "| k=2 | 2 | 0.520 ± 0.028 | 0.620 ± 0.028 | 0.720 ± 0.028 |" in text and "+0.100" in text
+
+
+def test_given_target_overrides_scratch_final(records):
+    rows = {r["variant"]: r for r in comparison(records, target=0.7)}
+    assert rows["scratch"]["reached"] == "0/2" and math.isnan(rows["scratch"]["epochs_to_target"])
+    assert rows["k=2"]["reached"] == "2/2"
