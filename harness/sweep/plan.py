@@ -1,0 +1,167 @@
+"""From a spec to the list of runs: cross the axes, build and validate each RunConfig, give it a stable ID.
+
+The run ID is `harness.record.run_id` of the RunConfig dict (without `out` and `name`) plus np; a transfer
+run's `train.init_from` is replaced by the pre-training run's ID, so IDs do not depend on where results live
+and change whenever anything that defines the run changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig
+from harness.errors import UserError
+from harness.record import run_id as config_id
+from harness.sweep.spec import AXES, SweepSpec
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    label: str
+    kind: str  # "pretrain" | "run"
+    np: int
+    mode: str
+    seed: int
+    batch_size: int  # the axis value: per rank (weak) or global (strong)
+    per_rank_batch: int
+    freeze_depth: int
+    config: RunConfig
+    depends_on: list[str] = field(default_factory=list)
+    first_conv: str | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_rank_batch * self.np
+
+    def config_for(self, run_dir: str | Path) -> RunConfig:
+        """The RunConfig with `out` set to the run's folder (what `bratsbench train --config` gets)."""
+        cfg = RunConfig.from_dict(self.config.to_dict())
+        cfg.out = str(run_dir)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg = self.config.to_dict()
+        cfg.pop("out", None)
+        return {
+            "run_id": self.run_id,
+            "label": self.label,
+            "kind": self.kind,
+            "np": self.np,
+            "mode": self.mode,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "per_rank_batch": self.per_rank_batch,
+            "global_batch": self.global_batch,
+            "freeze_depth": self.freeze_depth,
+            "depends_on": list(self.depends_on),
+            "first_conv": self.first_conv,
+            "config": cfg,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "PlannedRun":
+        values = {k: v for k, v in raw.items() if k not in ("global_batch", "config")}
+        return cls(config=RunConfig.from_dict(raw["config"]), **values)
+
+
+def plan(spec: SweepSpec) -> list[PlannedRun]:
+    """Every run of the sweep, pre-training runs first, duplicates (same ID) dropped; raises UserError early."""
+    pretrains: dict[int, PlannedRun] = {}
+    runs: dict[str, PlannedRun] = {}
+    for np_, batch, depth, mode, seed in itertools.product(*(spec.axes[a] for a in AXES)):
+        if mode == "scratch" and not spec.freeze_scratch:
+            depth = 0  # freezing random weights is not asked for unless freeze_scratch: true
+        per_rank = batch if spec.scaling == "weak" else batch // np_
+        raw = _base(spec)
+        raw["train"].update(batch_size=per_rank, freeze_depth=depth, seed=seed)
+        label = f"np{np_}-b{batch}-k{depth}-{mode}-s{seed}"
+        cfg = _config(raw, label, spec.origin)
+        deps: list[str] = []
+        first_conv = None
+        if mode == "transfer":
+            pre = pretrains.get(seed) or _pretrain(spec, seed)
+            pretrains[seed] = pre
+            deps = [pre.run_id]
+            first_conv = spec.transfer.first_conv
+            _check_first_conv(first_conv, pre.config, cfg, label, spec.origin)
+        rid = _identity(cfg, np_, deps[0] if deps else None, first_conv)
+        runs.setdefault(
+            rid,
+            PlannedRun(rid, label, "run", np_, mode, seed, batch, per_rank, depth, cfg, deps, first_conv),
+        )
+    return list(pretrains.values()) + list(runs.values())
+
+
+def _base(spec: SweepSpec) -> dict[str, Any]:
+    raw = {section: copy.deepcopy(spec.fixed.get(section, {})) for section in ("model", "data", "train")}
+    if spec.scaling == "strong":
+        # the global batch stays fixed, so the learning rate should not grow with np
+        raw["train"].setdefault("lr_scaling", False)
+    return raw
+
+
+def _pretrain(spec: SweepSpec, seed: int) -> PlannedRun:
+    t = spec.transfer
+    assert t is not None
+    raw = _base(spec)
+    raw["model"]["modalities"] = list(t.source)
+    batch = t.batch_size or raw["train"].get("batch_size") or RunConfig().train.batch_size
+    raw["train"].update(
+        benchmark=False, epochs=t.epochs, batch_size=batch, freeze_depth=0, freeze_all_but_head=False, seed=seed
+    )
+    if t.steps_per_epoch is not None:
+        raw["train"]["steps_per_epoch"] = t.steps_per_epoch
+    label = f"pretrain-{'+'.join(t.source)}-np{t.np}-b{batch}-s{seed}"
+    cfg = _config(raw, label, spec.origin)
+    rid = _identity(cfg, t.np, None, None)
+    return PlannedRun(rid, label, "pretrain", t.np, "pretrain", seed, batch, batch, 0, cfg)
+
+
+def _config(raw: dict[str, Any], label: str, origin: str) -> RunConfig:
+    try:
+        cfg = RunConfig.from_dict(raw)
+        cfg.name = label
+        return cfg.validate()
+    except UserError as exc:
+        raise UserError(f"{origin}: run {label}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{origin}: run {label}: a fixed value has the wrong type ({exc})") from None
+
+
+def _check_first_conv(first_conv: str | None, pre: RunConfig, cfg: RunConfig, label: str, origin: str) -> None:
+    if first_conv == "copy" and pre.model.in_channels != cfg.model.in_channels:
+        raise UserError(
+            f"{origin}: run {label}: transfer.first_conv copy needs as many source modalities "
+            f"({pre.model.in_channels}) as target ones ({cfg.model.in_channels})"
+        )
+
+
+def _identity(cfg: RunConfig, np_: int, pretrain_id: str | None, first_conv: str | None) -> str:
+    ident = cfg.to_dict()
+    ident.pop("out", None)
+    ident.pop("name", None)
+    ident["np"] = np_
+    if pretrain_id:
+        ident["train"]["init_from"] = f"run:{pretrain_id}"
+    if first_conv:
+        ident["first_conv"] = first_conv
+    return config_id(ident)
+
+
+def format_table(runs: list[PlannedRun]) -> str:
+    """A fixed-width table for `bratsbench sweep plan`, with the count at the end."""
+    head = ("run_id", "label", "np", "batch", "freeze", "mode", "seed", "after")
+    rows = [
+        (r.run_id, r.label, str(r.np), str(r.batch_size), str(r.freeze_depth), r.mode, str(r.seed), ",".join(r.depends_on) or "-")
+        for r in runs
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *rows)]
+    n_pre = sum(r.kind == "pretrain" for r in runs)
+    lines.append(f"{len(runs)} runs ({n_pre} pre-training, {len(runs) - n_pre} sweep runs)")
+    return "\n".join(lines)

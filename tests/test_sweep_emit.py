@@ -1,0 +1,228 @@
+"""Emitted job arrays: resource lines, manifest, afterok chaining, and quoting that survives a real bash run.
+
+The array scripts are executed with bash here (SLURM_ARRAY_TASK_ID / PBS_ARRAY_INDEX set by hand) with a fake
+`srun`/`mpirun` on PATH that records its argv: the start-task/finish-task steps and all paths are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.errors import UserError
+from harness.sweep.emit import EmitOptions, emit
+from harness.sweep.spec import parse_spec
+from tests.conftest import proc_env
+
+SPEC = {
+    "name": "emitdemo",
+    "axes": {"np": [1, 2, 4], "freeze_depth": [0, 1], "mode": ["transfer", "scratch"]},
+    "fixed": {
+        "model": {"base_filters": 4, "depth": 2, "modalities": ["t1", "t2"]},
+        "data": {"synthetic": True, "crop": [16, 16, 16]},
+        "train": {"benchmark": True},
+    },
+    "transfer": {"source": ["flair", "t1ce"], "epochs": 1, "first_conv": "average"},
+    "timeout_s": 120,
+}
+# Fake launcher: records its argv (NUL-separated); FAKE_RECORD=ok writes an ok record into --out, else it fails.
+FAKE = r"""#!/bin/bash
+printf '%s\0' "$@" > "$FAKE_ARGV"
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
+if [ "${FAKE_RECORD:-}" = ok ]; then
+  printf '{"schema_version": 1, "status": "ok", "error": null, "extra": {}}' > "$out/record.json"
+  exit 0
+fi
+echo "fake launcher: boom" >&2
+exit 3
+"""
+
+
+def directives(text: str, prefix: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            body = line[len(prefix) + 1 :]
+            key, _, value = body.partition("=") if body.startswith("--") else body.partition(" ")
+            found[key] = value
+    return found
+
+
+@pytest.fixture
+def weird(tmp_path):
+    """Folders whose names hold a space, a quote and a dollar sign."""
+    return tmp_path / "jo b's" / "x", tmp_path / "res ult's $HOME"
+
+
+def fake_bin(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "fakebin"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(FAKE)
+    (folder / name).chmod(0o755)
+    return folder
+
+
+def run_task(script: Path, index: int, env_var: str, tmp_path: Path, launcher: str, **extra: str):
+    env = proc_env(**extra)
+    env[env_var] = str(index)
+    env["PATH"] = f"{fake_bin(tmp_path, launcher)}{os.pathsep}{env['PATH']}"
+    env["FAKE_ARGV"] = str(tmp_path / "argv")
+    (tmp_path / "argv").unlink(missing_ok=True)
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def manifest_rows(jobs: Path) -> list[dict[str, str]]:
+    lines = (jobs / "manifest.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, line.split("\t"))) for line in lines[1:]]
+
+
+def test_slurm_scripts_resources_manifest_and_submit(weird):
+    jobs, results = weird
+    written = emit(parse_spec(SPEC), jobs, EmitOptions("slurm", results=results, limit=3, gpus_per_node=2, partition="gpu"))
+    rows = manifest_rows(jobs)
+    plan = json.loads((jobs / "plan.json").read_text())["plan"]
+    assert [(r["run_id"], r["label"]) for r in rows] == [(p["run_id"], p["label"]) for p in plan]
+    for name in ("pretrain-np1", "run-np1", "run-np2", "run-np4"):
+        mine = [r for r in rows if r["array"] == name]
+        assert [int(r["index"]) for r in mine] == list(range(len(mine))) and mine
+        text = written[name].read_text()
+        np_ = int(name.rsplit("np", 1)[1])
+        d = directives(text, "#SBATCH")
+        assert d["--array"] == f"0-{len(mine) - 1}%3"
+        assert d["--ntasks"] == str(np_) and d["--nodes"] == str(-(-np_ // 2))
+        assert d["--gpus-per-node"] == "2" and d["--partition"] == "gpu"
+        assert d["--output"] == "logs/%x-%A_%a.out" and d["--job-name"] == f"emitdemo-{name}"
+        assert not re.search(r"\$\{[a-z]", text)  # every placeholder filled
+        assert subprocess.run(["bash", "-n", str(written[name])]).returncode == 0
+        cfg = json.loads((jobs / "configs" / f"{mine[0]['run_id']}.json").read_text())
+        assert cfg["out"] == str(results / "runs" / mine[0]["run_id"])
+    transfer = [r for r in rows if "transfer" in r["label"]]
+    pre_id = rows[0]["run_id"]
+    assert transfer and all(r["depends_on"] == pre_id and r["first_conv"] == "average" for r in transfer)
+    submit = written["submit"].read_text()
+    assert subprocess.run(["bash", "-n", str(written["submit"])]).returncode == 0
+    assert "JOB_PRETRAIN_NP1=$(sbatch --parsable pretrain-np1.sbatch)" in submit
+    for name in ("run-np1", "run-np2", "run-np4"):
+        assert f"--dependency=afterok:${{JOB_PRETRAIN_NP1}} {name}.sbatch" in submit
+
+
+def test_cpu_only_nodes_follow_tasks_per_node(tmp_path):
+    spec = parse_spec({**SPEC, "axes": {"np": [4]}, "transfer": None})
+    one = emit(spec, tmp_path / "a", EmitOptions("slurm"))
+    d = directives(one["run-np4"].read_text(), "#SBATCH")
+    assert (d["--nodes"], d["--ntasks"], d["--ntasks-per-node"]) == ("1", "4", "4")
+    assert "--gpus-per-node" not in d and "--array" in d and d["--array"] == "0-0"
+    two = emit(spec, tmp_path / "b", EmitOptions("slurm", tasks_per_node=2))
+    d = directives(two["run-np4"].read_text(), "#SBATCH")
+    assert (d["--nodes"], d["--ntasks-per-node"]) == ("2", "2")
+    assert "sbatch" in two["submit"].read_text() and "dependency" not in two["submit"].read_text()
+
+
+def test_array_task_runs_with_awkward_paths_and_settles_records(weird, tmp_path):
+    jobs, results = weird
+    written = emit(parse_spec(SPEC), jobs, EmitOptions("slurm", results=results, launcher="srun"))
+    rows = manifest_rows(jobs)
+    pre = rows[0]
+
+    # the pre-training task: fake srun fails -> the record says failed, with the exit code and the log tail
+    done = run_task(written["pretrain-np1"], 0, "SLURM_ARRAY_TASK_ID", tmp_path, "srun")
+    assert done.returncode == 1, done.stderr
+    argv = (tmp_path / "argv").read_text().split("\0")[:-1]
+    run_dir = results / "runs" / pre["run_id"]
+    assert argv[:4] == ["--ntasks=1", "--mpi=pmix", "--kill-on-bad-exit=1", "--label"]
+    assert argv[argv.index("--config") + 1] == str(run_dir / "config.json")
+    assert argv[argv.index("--out") + 1] == str(run_dir)
+    assert json.loads((run_dir / "config.json").read_text())["out"] == str(run_dir)
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert "fake launcher: boom" in record["log_tail"] and record["extra"]["sweep"]["label"] == pre["label"]
+
+    # a transfer task whose pre-training failed is recorded failed without launching
+    transfer = next(r for r in rows if r["array"] == "run-np2" and "transfer" in r["label"])
+    script = written["run-np2"]
+    done = run_task(script, int(transfer["index"]), "SLURM_ARRAY_TASK_ID", tmp_path, "srun")
+    assert done.returncode == 1 and not (tmp_path / "argv").exists()
+    record = json.loads((results / "runs" / transfer["run_id"] / "record.json").read_text())
+    assert record["status"] == "failed" and record["error"] == f"dependency {pre['run_id']} failed"
+
+    # once the pre-training is ok: --init-from points into it, and an ok launch is settled ok
+    (run_dir / "record.json").write_text(json.dumps({"schema_version": 1, "status": "ok"}))
+    done = run_task(script, int(transfer["index"]), "SLURM_ARRAY_TASK_ID", tmp_path, "srun", FAKE_RECORD="ok")
+    assert done.returncode == 0, done.stdout + done.stderr
+    argv = (tmp_path / "argv").read_text().split("\0")[:-1]
+    assert argv[0] == "--ntasks=2"
+    assert argv[argv.index("--init-from") + 1] == str(run_dir / "checkpoints")
+    assert argv[argv.index("--first-conv") + 1] == "average"
+    record = json.loads((results / "runs" / transfer["run_id"] / "record.json").read_text())
+    assert record["status"] == "ok" and record["extra"]["sweep"]["np"] == 2
+    # a second submission skips it
+    done = run_task(script, int(transfer["index"]), "SLURM_ARRAY_TASK_ID", tmp_path, "srun")
+    assert done.returncode == 0 and "already ok" in done.stdout and not (tmp_path / "argv").exists()
+    index = json.loads((results / "sweep.json").read_text())
+    assert index["runs"][transfer["run_id"]]["status"] == "ok"
+    assert len(index["plan"]) == len(rows)
+
+
+def test_pbs_arrays(tmp_path):
+    spec = parse_spec({**SPEC, "axes": {"np": [2], "freeze_depth": [0, 1, 2], "mode": ["transfer"]}})
+    written = emit(spec, tmp_path / "pbs", EmitOptions("pbs", limit=2, partition="workq", gpus_per_node=1))
+    run = written["run-np2"].read_text()
+    d = directives(run, "#PBS")
+    assert d["-J"] == "0-2%2" and d["-q"] == "workq"
+    assert "#PBS -l select=2:ncpus=1:mpiprocs=1:ngpus=1\n" in run  # np 2 over 1-GPU nodes
+    assert "PBS_ARRAY_INDEX" in run and not re.search(r"\$\{[a-z]", run)
+    pre = written["pretrain-np1"].read_text()
+    assert "#PBS -J" not in pre  # PBS refuses one-element arrays: a plain job, index 0
+    for path in written.values():
+        if path.suffix in (".pbs", ".sh"):
+            assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, path
+    submit = written["submit"].read_text()
+    assert "JOB_PRETRAIN_NP1=$(qsub pretrain-np1.pbs)" in submit
+    assert "qsub -W depend=afterok:${JOB_PRETRAIN_NP1} run-np2.pbs" in submit
+
+    # a subjob launches with mpirun; a failed launch is recorded with its exit code
+    plan = json.loads((tmp_path / "pbs" / "plan.json").read_text())["plan"]
+    results = tmp_path / "pbs" / "results" / "runs"
+    (results / plan[0]["run_id"]).mkdir(parents=True)
+    (results / plan[0]["run_id"] / "record.json").write_text(json.dumps({"schema_version": 1, "status": "ok"}))
+    done = run_task(written["run-np2"], 1, "PBS_ARRAY_INDEX", tmp_path, "mpirun")
+    assert done.returncode == 1
+    argv = (tmp_path / "argv").read_text().split("\0")[:-1]
+    assert argv[:2] == ["-np", "2"] and argv[argv.index("--out") + 1] == str(results / plan[2]["run_id"])
+    record = json.loads((results / plan[2]["run_id"] / "record.json").read_text())
+    assert record["status"] == "failed" and record["exit_code"] == 3
+
+
+@pytest.mark.parametrize(
+    "opts, fragment",
+    [
+        (EmitOptions("pbs", launcher="srun"), "--launcher srun does not work with pbs"),
+        (EmitOptions("slurm", time="2h"), "--time '2h' must be HH:MM:SS"),
+        (EmitOptions("slurm", partition="gpu; rm -rf /"), "--partition"),
+        (EmitOptions("slurm", limit=0), "--limit 0 must be >= 1"),
+        (EmitOptions("slurm", gpus_per_node=-1), "--gpus-per-node -1"),
+    ],
+)
+def test_bad_emit_options(tmp_path, opts, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        emit(parse_spec(SPEC), tmp_path / "jobs", opts)
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_cli_emit(tmp_path, cli):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    code, out, err = cli("sweep", "emit", str(spec), "--scheduler", "slurm", "--out", str(tmp_path / "j"), "--time", "01:00:00")
+    assert code == 0, err
+    assert "submit.sh" in out and (tmp_path / "j" / "submit.sh").exists()
+    assert directives((tmp_path / "j" / "run-np2.sbatch").read_text(), "#SBATCH")["--time"] == "01:00:00"
+    code, _, err = cli("sweep", "emit", str(spec), "--scheduler", "slurm", "--out", str(tmp_path / "k"), "--time", "soon")
+    assert code == 2 and "HH:MM:SS" in err
