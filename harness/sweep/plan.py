@@ -33,6 +33,7 @@ class PlannedRun:
     config: RunConfig
     depends_on: list[str] = field(default_factory=list)
     first_conv: str | None = None
+    scaling: str = "weak"
 
     @property
     def global_batch(self) -> int:
@@ -60,6 +61,7 @@ class PlannedRun:
             "freeze_depth": self.freeze_depth,
             "depends_on": list(self.depends_on),
             "first_conv": self.first_conv,
+            "scaling": self.scaling,
             "config": cfg,
         }
 
@@ -92,7 +94,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
         rid = _identity(cfg, np_, deps[0] if deps else None, first_conv)
         runs.setdefault(
             rid,
-            PlannedRun(rid, label, "run", np_, mode, seed, batch, per_rank, depth, cfg, deps, first_conv),
+            PlannedRun(rid, label, "run", np_, mode, seed, batch, per_rank, depth, cfg, deps, first_conv, spec.scaling),
         )
     return list(pretrains.values()) + list(runs.values())
 

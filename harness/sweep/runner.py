@@ -240,7 +240,8 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 
 
 def sweep_info(run: PlannedRun, sweep: str) -> dict[str, Any]:
-    keys = ("label", "kind", "np", "mode", "seed", "batch_size", "per_rank_batch", "global_batch", "freeze_depth", "depends_on")
+    keys = ("label", "kind", "np", "mode", "seed", "batch_size", "per_rank_batch", "global_batch", "freeze_depth",
+            "depends_on", "scaling")
     info = {k: v for k, v in run.to_dict().items() if k in keys}
     return {"sweep": sweep, "run_id": run.run_id, **info}
 
