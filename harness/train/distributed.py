@@ -45,12 +45,18 @@ def init(threads: int | None = None, timeline: bool = False) -> World:
     hvd.init()
     if gpus:
         gpu = gpus[hvd.local_rank() % len(gpus)]
-        tf.config.experimental.set_memory_growth(gpu, True)
-        tf.config.set_visible_devices(gpu, "GPU")
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+            tf.config.set_visible_devices(gpu, "GPU")
+        except RuntimeError:  # devices already initialised in this process: keep them
+            pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n_threads = threads or max(1, cores // hvd.local_size())
-    tf.config.threading.set_intra_op_parallelism_threads(n_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, n_threads)))
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, n_threads)))
+    except RuntimeError:  # TensorFlow already ran in this process (library use): keep its thread pools
+        n_threads = tf.config.threading.get_intra_op_parallelism_threads() or cores
     return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), len(gpus), n_threads)
 
 
