@@ -129,6 +129,8 @@ def _part(key: str, value: Any) -> str | None:
         return key if value else f"no {key}"
     if key == "benchmark":
         return "benchmark" if value else "training"
+    if isinstance(value, float) and value.is_integer():  # pandas turns int columns with gaps into floats
+        value = int(value)
     return f"{_LABELS.get(key, key)} {value}".strip()
 
 

@@ -84,6 +84,9 @@ def tensorboard_runs(logdir: str | Path) -> list[str]:
     from tensorboard.plugins import base_plugin
     from tensorboard_plugin_profile.profile_plugin import ProfilePlugin
 
+    import logging
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its INFO lines would flood `analyze`
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
