@@ -3,7 +3,7 @@
 Schema (version 1), top-level keys:
   schema_version  int, 1
   kind            "train" (a training or benchmark run)
-  run_id, name    strings; run_id is stable for a config (see `run_id`)
+  run_id, name    strings; run_id is stable for a config, whatever its output folder (see `run_id`)
   status          "ok" | "failed" | "interrupted"; exit_code int; error str|null
   started_at, finished_at  ISO-8601 UTC; wall_s float
   config          the whole RunConfig as a dict
@@ -113,7 +113,7 @@ def new_record(config: dict[str, Any], kind: str = "train") -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
-        "run_id": run_id(config),
+        "run_id": run_id({k: v for k, v in config.items() if k not in ("out", "name")}),
         "name": config.get("name"),
         "status": "running",
         "exit_code": None,
