@@ -109,7 +109,8 @@ def read_record(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def new_record(config: dict[str, Any], kind: str = "train") -> dict[str, Any]:
+def new_record(config: dict[str, Any], kind: str = "train", *, probe: bool = True) -> dict[str, Any]:
+    """A fresh record for `config`; probe=False skips the version/git/host probes (no TensorFlow import)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
@@ -122,9 +123,9 @@ def new_record(config: dict[str, Any], kind: str = "train") -> dict[str, Any]:
         "finished_at": None,
         "wall_s": None,
         "config": config,
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "hosts": [platform.node()],
+        "versions": versions() if probe else {},
+        "git_commit": git_commit() if probe else None,
+        "hosts": [platform.node()] if probe else [],
         "world_size": 1,
         "model": {},
         "timing": {},

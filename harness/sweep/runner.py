@@ -29,7 +29,7 @@ from typing import IO, Any, Callable, Sequence
 
 
 from harness.errors import UserError
-from harness.record import RECORD_NAME, SCHEMA_VERSION, atomic_write_json, run_id as config_id, utc_now
+from harness.record import RECORD_NAME, atomic_write_json, new_record, utc_now
 from harness.sweep import index
 from harness.sweep.plan import PlannedRun, plan
 from harness.sweep.spec import SweepSpec
@@ -186,29 +186,9 @@ def settle(run: PlannedRun, folder: Path, outcome: Outcome, sweep: str, status: 
 
 def _blank_record(run: PlannedRun, folder: Path) -> dict[str, Any]:
     """A schema-1 record for a run that never wrote one (no TensorFlow import needed)."""
-    config = run.config_for(folder).to_dict()
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "train",
-        "run_id": config_id(config),
-        "name": run.label,
-        "status": "failed",
-        "exit_code": None,
-        "error": None,
-        "started_at": utc_now(),
-        "finished_at": None,
-        "wall_s": None,
-        "config": config,
-        "versions": {},
-        "git_commit": None,
-        "hosts": [],
-        "world_size": run.np,
-        "model": {},
-        "timing": {},
-        "history": [],
-        "metrics": {},
-        "extra": {},
-    }
+    record = new_record(run.config_for(folder).to_dict(), probe=False)
+    record.update(name=run.label, status="failed", world_size=run.np)
+    return record
 
 
 def prepare_run_dir(run: PlannedRun, results: Path) -> Path:
