@@ -176,7 +176,9 @@ def train_dataset(
     channels = len(mods)
 
     def load(ci, ix):
-        x, y = tf.numpy_function(sampler.sample, [ci, ix], [tf.float32, tf.int32], name="read_crop")
+        # stateful=False: the sample is a pure function of (case, index), so op determinism need not run the map
+        # sequentially (it would: 3.5 ms per batch of input wait instead of 0.35 ms)
+        x, y = tf.numpy_function(sampler.sample, [ci, ix], [tf.float32, tf.int32], stateful=False, name="read_crop")
         x.set_shape(crop + (channels,))
         y.set_shape(crop)
         return x, y

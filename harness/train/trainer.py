@@ -141,6 +141,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     val_items = None if tcfg.benchmark else source.val_items()
 
     global_step = int(opt.iterations.numpy())
+    ahead: dict[int, Any] = {}  # epoch -> iterator already started
     start_epoch = int(epoch_var.numpy())
     for epoch in range(start_epoch, epochs):
         if unfreeze_after is not None and epoch >= unfreeze_after and frozen_levels:
@@ -149,7 +150,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
             record["model"]["unfrozen_at_epoch"] = epoch
         steps = total_steps if tcfg.benchmark else spe
         done_in_epoch = global_step - epoch * spe if not tcfg.benchmark else 0
-        it = iterate(_epoch_stream(source, epoch, steps, tcfg.benchmark), skip=done_in_epoch)
+        it = ahead.pop(epoch, None) or iterate(_epoch_stream(source, epoch, steps, tcfg.benchmark), skip=done_in_epoch)
         t_epoch = time.perf_counter()
         epoch_losses: list[float] = []
         epoch_times: list[float] = []
@@ -164,6 +165,9 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
             t2 = time.perf_counter()
             profiler.after_step(global_step)
             timer.add(t2 - t0, t1 - t0)
+            if epoch + 1 < epochs and epoch + 1 not in ahead:
+                # start the next epoch's pipeline now, so its first batches are ready when this epoch ends
+                ahead[epoch + 1] = iterate(_epoch_stream(source, epoch + 1, spe, tcfg.benchmark))
             epoch_losses.append(loss)
             epoch_times.append(t2 - t0)
             global_step += 1
@@ -218,11 +222,13 @@ def _epoch_stream(source, epoch: int, steps: int, benchmark: bool) -> tf.data.Da
     seeds (fresh shuffles and crops, still deterministic, so `--resume` can skip into them)."""
     ds = source.epoch_dataset(epoch)
     if benchmark:
-        return ds.repeat()
-    passes = -(-steps // source.steps_per_epoch)
-    for extra in range(1, passes):
-        ds = ds.concatenate(source.epoch_dataset(epoch + 1_000_003 * extra))
-    return ds
+        ds = ds.repeat()
+    else:
+        passes = -(-steps // source.steps_per_epoch)
+        for extra in range(1, passes):
+            ds = ds.concatenate(source.epoch_dataset(epoch + 1_000_003 * extra))
+    # an outer buffer reaches into the next pass before this one runs dry, so its pipeline start is hidden
+    return ds.prefetch(2)
 
 
 def weights_checksum(model: tf.keras.Model) -> str:
