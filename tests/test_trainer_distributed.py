@@ -48,3 +48,20 @@ def test_horovodrun_train_ranks_hold_identical_weights(tmp_path):
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     assert set(record["history"][-1]["val"]) == {"ET", "TC", "WT"}
     assert record["timing"]["global_batch"] == 4
+
+
+@pytest.mark.slow
+def test_mpirun_train_ranks_agree(tmp_path):
+    import os
+    import shutil
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.skip("Open MPI is not installed (scripts/setup.sh installs it as root)")
+    out = tmp_path / "mpi"
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    run([mpirun, "-np", "2", "--oversubscribe", *root, *bratsbench_cmd("train", *SMALL, "--epochs", "1", "--out", str(out))])
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok" and record["world_size"] == 2
+    sums = record["model"]["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
