@@ -92,14 +92,19 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     tf.keras.utils.set_random_seed(tcfg.seed)  # same initial weights on every rank
     if dcfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    # --amp: float16 with loss scaling on GPUs; on CPUs bfloat16 (float16 has no CPU MaxPool3D kernel, and
+    # bfloat16 keeps float32's range, so it needs no loss scaling)
+    loss_scaling = tcfg.amp and world.gpus > 0
     if tcfg.amp:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+        policy = "mixed_float16" if loss_scaling else "mixed_bfloat16"
+        tf.keras.mixed_precision.set_global_policy(policy)
+        record["extra"]["precision"] = policy
     if tcfg.xla:
         tf.config.optimizer.set_jit(True)  # auto-clustering leaves Horovod's ops outside XLA clusters
 
     source = make_source(cfg, world)
     model = build_unet(mcfg, dcfg.crop)
-    opt = make_optimizer(tcfg.lr, world.size, tcfg.lr_scaling, tcfg.warmup_steps, tcfg.amp)
+    opt = make_optimizer(tcfg.lr, world.size, tcfg.lr_scaling, tcfg.warmup_steps, loss_scaling)
     opt.build(model.trainable_variables)  # slots for every variable, so later unfreezing needs no rebuild
     if tcfg.init_from:
         from harness.model.pretrained import load_pretrained
@@ -128,7 +133,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
         train_gflops_per_sample=training_flops(model) / 1e9,
     )
     loss_fn = make_loss(tcfg.loss, tcfg.class_weights)
-    step_fn = make_train_step(model, opt, loss_fn, amp=tcfg.amp)
+    step_fn = make_train_step(model, opt, loss_fn, amp=loss_scaling)
     global_batch = tcfg.batch_size * world.size
     spe = tcfg.steps_per_epoch or source.steps_per_epoch
     if tcfg.benchmark:
@@ -146,7 +151,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     for epoch in range(start_epoch, epochs):
         if unfreeze_after is not None and epoch >= unfreeze_after and frozen_levels:
             frozen_levels = apply_freeze(model, cfg, frozen=False)
-            step_fn = make_train_step(model, opt, loss_fn, amp=tcfg.amp)
+            step_fn = make_train_step(model, opt, loss_fn, amp=loss_scaling)
             record["model"]["unfrozen_at_epoch"] = epoch
         steps = total_steps if tcfg.benchmark else spe
         done_in_epoch = global_step - epoch * spe if not tcfg.benchmark else 0
