@@ -8,7 +8,6 @@ one profiled 2-rank run -> analysis. Every stage reuses finished work, so a seco
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -56,11 +55,10 @@ def _sweep_spec(store: Path, split: Path, max_np: int) -> dict:
 
 
 def _subprocess(args: list[str], log: Path, np_: int = 1) -> int:
-    from harness.sweep.runner import bratsbench_command, supervise
+    from harness.sweep.runner import bratsbench_command
+    from harness.sweep.supervise import local_launch, supervise
 
-    cmd = bratsbench_command() + args
-    if np_ > 1:
-        cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *cmd]
+    cmd = local_launch(np_, bratsbench_command() + args)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         return supervise(cmd, stdout=fh, stderr=fh, timeout_s=1800).exit_code or 0

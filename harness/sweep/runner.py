@@ -39,6 +39,7 @@ from harness.sweep.supervise import (  # noqa: F401 - re-exported for callers of
     Outcome,
     is_rank_process,
     kill_tree,
+    local_launch,
     supervise,
 )
 
@@ -71,16 +72,7 @@ def train_args(run: PlannedRun, results: Path) -> list[str]:
 def launch_command(run: PlannedRun, results: Path, launcher: str = "horovodrun") -> list[str]:
     """The local command line of one run: plain for np=1, else horovodrun (Gloo) or mpirun on localhost."""
     cmd = bratsbench_command() + train_args(run, results)
-    if run.np == 1:
-        return cmd
-    logs = str(index.run_dir(results, run.run_id) / LOGS)
-    n = str(run.np)
-    if launcher == "mpirun":
-        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-        return ["mpirun", "-np", n, "--oversubscribe", *root, "--output-filename", logs, *cmd]
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    exe = str(horovodrun) if horovodrun.exists() else "horovodrun"
-    return [exe, "-np", n, "-H", f"localhost:{n}", "--gloo", "--output-filename", logs, *cmd]
+    return local_launch(run.np, cmd, launcher, index.run_dir(results, run.run_id) / LOGS)
 
 
 # --- records --------------------------------------------------------------------------------------------

@@ -9,12 +9,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Sequence
 
 import psutil
+
+def local_launch(np_: int, cmd: Sequence[str], launcher: str = "horovodrun", output_dir: str | Path | None = None) -> list[str]:
+    """`cmd` on np_ local ranks: as is for one rank, else under horovodrun (Gloo) or mpirun on localhost."""
+    cmd = list(cmd)
+    if np_ == 1:
+        return cmd
+    n = str(np_)
+    logs = ["--output-filename", str(output_dir)] if output_dir else []
+    if launcher == "mpirun":
+        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        return ["mpirun", "-np", n, "--oversubscribe", *root, *logs, *cmd]
+    horovodrun = Path(sys.executable).parent / "horovodrun"
+    exe = str(horovodrun) if horovodrun.exists() else "horovodrun"
+    return [exe, "-np", n, "-H", f"localhost:{n}", "--gloo", *logs, *cmd]
+
 
 RANK_GRACE_S = 30.0  # a rank gone while the job still runs this long -> the job is killed
 KILL_WAIT_S = 5.0  # SIGTERM, then SIGKILL after this long

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.record import atomic_write_json
-from harness.sweep.runner import bratsbench_command, supervise
+from harness.sweep.runner import bratsbench_command
+from harness.sweep.supervise import local_launch, supervise
 from harness.transfer.plan import StudyRun
 
 
@@ -23,10 +23,7 @@ def _record(folder: Path) -> dict[str, Any] | None:
 
 
 def _launch(np_: int, args: list[str], log: Path, timeout_s: float | None) -> int | None:
-    cmd = bratsbench_command() + args
-    if np_ > 1:
-        horovodrun = Path(sys.executable).parent / "horovodrun"
-        cmd = [str(horovodrun) if horovodrun.exists() else "horovodrun", "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *cmd]
+    cmd = local_launch(np_, bratsbench_command() + args)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     with open(log, "ab") as fh:
