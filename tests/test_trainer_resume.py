@@ -45,6 +45,8 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     assert resumed.returncode == 0
     record = json.loads((killed / "record.json").read_text())
     assert record["status"] == "ok" and record["history"][-1]["step"] == 32
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4]  # the curve before the kill is kept
+    assert record["extra"]["resumes"] == 1
 
     a, b = _final_weights(full), _final_weights(killed)
     assert a.keys() == b.keys() and len(a) > 10

@@ -64,6 +64,13 @@ def train(cfg: RunConfig, *, first_conv: str | None = None, unfreeze_after: int 
     record["world_size"] = world.size
     record["hosts"] = distributed.hostnames()
     t_start = time.perf_counter()
+    if tcfg.resume:  # keep the learning curve of the epochs done before the interruption
+        try:
+            earlier = json.loads((run_dir / RECORD_NAME).read_text())
+            record["history"] = earlier.get("history", [])
+            record["extra"]["resumes"] = int(earlier.get("extra", {}).get("resumes", 0)) + 1
+        except (OSError, json.JSONDecodeError):
+            pass
     if world.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / RECORD_NAME, record)
@@ -148,6 +155,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
     global_step = int(opt.iterations.numpy())
     ahead: dict[int, Any] = {}  # epoch -> iterator already started
     start_epoch = int(epoch_var.numpy())
+    record["history"] = [h for h in record["history"] if h.get("epoch", 0) <= start_epoch]
     for epoch in range(start_epoch, epochs):
         if unfreeze_after is not None and epoch >= unfreeze_after and frozen_levels:
             frozen_levels = apply_freeze(model, cfg, frozen=False)
