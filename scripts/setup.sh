@@ -43,7 +43,8 @@ if [ ! -f "$hvd_stamp" ]; then
   env CMAKE_POLICY_VERSION_MINIMUM=3.5 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 \
       HOROVOD_WITH_GLOO=1 "$mpi_flag" MAKEFLAGS=-j"$(nproc)" \
       $PIP install -q --no-build-isolation --force-reinstall --no-deps "horovod==$HOROVOD_VERSION"
-  "$VENV/bin/horovodrun" --check-build | grep -q '\[X\] Gloo' || { echo "[setup] Horovod built without Gloo" >&2; exit 1; }
+  build_info=$("$VENV/bin/horovodrun" --check-build 2>&1) || true  # read it whole: grep -q would close the pipe early
+  grep -q '\[X\] Gloo' <<<"$build_info" || { echo "[setup] Horovod built without Gloo:" >&2; echo "$build_info" >&2; exit 1; }
   rm -f "$VENV"/.stamp-horovod-* && touch "$hvd_stamp"
 fi
 $PIP check >/dev/null || { $PIP check; exit 1; }
