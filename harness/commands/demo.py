@@ -56,12 +56,9 @@ def _sweep_spec(store: Path, split: Path, max_np: int) -> dict:
 
 def _subprocess(args: list[str], log: Path, np_: int = 1) -> int:
     from harness.sweep.runner import bratsbench_command
-    from harness.sweep.supervise import local_launch, supervise
+    from harness.sweep.supervise import local_launch, run_logged
 
-    cmd = local_launch(np_, bratsbench_command() + args)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        return supervise(cmd, stdout=fh, stderr=fh, timeout_s=1800).exit_code or 0
+    return run_logged(local_launch(np_, bratsbench_command() + args), log, timeout_s=1800) or 0
 
 
 def run(args: argparse.Namespace) -> int:

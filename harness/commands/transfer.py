@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from harness.errors import UserError
     from harness.record import atomic_write_json
     from harness.transfer.compare import comparison, markdown, write_csv
-    from harness.transfer.execute import _record, execute
+    from harness.sweep.runner import read_record
+    from harness.transfer.execute import execute
     from harness.transfer.plan import plan_study
 
     if args.out is None:
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"transfer study: {len(runs)} runs into {out}")
     status = execute(runs, out, np_=args.np, timeout_s=args.timeout)
-    records = [r for r in (_record(Path(s["folder"])) for s in status.values()) if r]
+    records = [r for r in (read_record(Path(s["folder"])) for s in status.values()) if r]
     rows = comparison(records, target=args.target_dice)
     table = markdown(rows)
     (out / "comparison.md").write_text(table + "\n")

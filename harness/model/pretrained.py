@@ -10,6 +10,7 @@ things. `first_conv` says what happens to it, and the choice is recorded:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +31,30 @@ def default_first_conv(src_channels: int, tgt_channels: int) -> str:
 
 
 def check_pretrained(path: str | Path, cfg: ModelConfig, first_conv: str | None) -> dict[str, Any]:
-    """Validate before any work: the checkpoint exists and matches everything but the input channels."""
-    sig = check_compatible(path, cfg, ignore=("in_channels",))
-    src_c = read_signature(path)["signature"]["in_channels"]
+    """Validate before any work: the checkpoint exists and matches everything but the input channels.
+
+    Returns the checkpoint's model.json (signature and modalities)."""
+    check_compatible(path, cfg, ignore=("in_channels",))
+    info = read_signature(path)
+    src_c = info["signature"]["in_channels"]
     if first_conv is not None and first_conv not in FIRST_CONV_CHOICES:
         raise UserError(f"first-conv '{first_conv}' is not one of {', '.join(FIRST_CONV_CHOICES)}")
     if first_conv == "copy" and src_c != cfg.in_channels:
         raise UserError(
             f"first-conv copy needs equal channel counts; checkpoint '{path}' has {src_c}, the model {cfg.in_channels}"
         )
-    return sig
+    return info
 
 
 def load_pretrained(
     model: tf.keras.Model, cfg: ModelConfig, path: str | Path, crop: tuple[int, int, int], first_conv: str | None = None
 ) -> dict[str, Any]:
     """Copy weights from a bratsbench checkpoint into `model`; returns what was done (for the run record)."""
-    check_pretrained(path, cfg, first_conv)
-    info = read_signature(path)
+    info = check_pretrained(path, cfg, first_conv)
     src_c = info["signature"]["in_channels"]
     src_mods = info.get("modalities")
     choice = first_conv or default_first_conv(src_c, cfg.in_channels)
-    src_cfg = ModelConfig(
-        modalities=tuple(src_mods) if src_mods else cfg.modalities[:1] * src_c,
-        base_filters=cfg.base_filters,
-        depth=cfg.depth,
-        norm=cfg.norm,
-        dropout=cfg.dropout,
-        n_classes=cfg.n_classes,
-        max_filters=cfg.max_filters,
-    )
+    src_cfg = dataclasses.replace(cfg, modalities=tuple(src_mods) if src_mods else cfg.modalities[:1] * src_c)
     source = build_unet(src_cfg, crop)
     status = tf.train.Checkpoint(model=source).restore(resolve(path))
     status.expect_partial()

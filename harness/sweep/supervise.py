@@ -32,6 +32,13 @@ def local_launch(np_: int, cmd: Sequence[str], launcher: str = "horovodrun", out
     return [exe, "-np", n, "-H", f"localhost:{n}", "--gloo", *logs, *cmd]
 
 
+def run_logged(cmd: Sequence[str], log: Path, timeout_s: float | None = None, env: dict[str, str] | None = None) -> int | None:
+    """Run `cmd` supervised, stdout and stderr appended to `log`; returns the exit code."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return supervise(cmd, stdout=fh, stderr=fh, timeout_s=timeout_s, env=env).exit_code
+
+
 RANK_GRACE_S = 30.0  # a rank gone while the job still runs this long -> the job is killed
 KILL_WAIT_S = 5.0  # SIGTERM, then SIGKILL after this long
 

@@ -10,24 +10,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.record import atomic_write_json
-from harness.sweep.runner import bratsbench_command
-from harness.sweep.supervise import local_launch, supervise
+from harness.sweep.runner import bratsbench_command, read_record
+from harness.sweep.supervise import local_launch, run_logged
 from harness.transfer.plan import StudyRun
 
 
-def _record(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "record.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _launch(np_: int, args: list[str], log: Path, timeout_s: float | None) -> int | None:
-    cmd = local_launch(np_, bratsbench_command() + args)
-    log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
-    with open(log, "ab") as fh:
-        return supervise(cmd, stdout=fh, stderr=fh, timeout_s=timeout_s, env=env).exit_code
+    return run_logged(local_launch(np_, bratsbench_command() + args), log, timeout_s, env)
 
 
 def _tail(log: Path, n: int = 5) -> str:
@@ -47,7 +37,7 @@ def execute(runs: list[StudyRun], out: Path, *, np_: int = 1, timeout_s: float |
     for i, run in enumerate(runs, 1):
         folder = folders[run.id]
         prefix = f"[{i}/{len(runs)}] {run.label}"
-        record = _record(folder)
+        record = read_record(folder)
         if run.depends_on and status.get(run.depends_on, {}).get("status") != "ok":
             status[run.id] = {"status": "failed", "error": f"dependency {run.depends_on} failed", "folder": str(folder)}
             report(f"{prefix}: skipped, its pre-training run failed")
@@ -65,7 +55,7 @@ def execute(runs: list[StudyRun], out: Path, *, np_: int = 1, timeout_s: float |
                 args += ["--init-from", str(folders[run.depends_on] / "checkpoints")]
             report(f"{prefix}: training ...")
             code = _launch(np_, args, folder / "train.log", timeout_s)
-            record = _record(folder)
+            record = read_record(folder)
             if code != 0 or not record or record.get("status") != "ok":
                 status[run.id] = {"status": "failed", "exit_code": code, "folder": str(folder),
                                   "error": _tail(folder / "train.log")}
@@ -78,7 +68,7 @@ def execute(runs: list[StudyRun], out: Path, *, np_: int = 1, timeout_s: float |
                                   "error": "test evaluation failed: " + _tail(folder / "evaluate.log")}
                 report(f"{prefix}: test evaluation FAILED; see {folder / 'evaluate.log'}")
                 continue
-            record = _record(folder)
+            record = read_record(folder)
         status[run.id] = {"status": "ok", "folder": str(folder), "wall_s": record.get("wall_s")}
         test = (record.get("metrics") or {}).get("test", {}).get("mean", {})
         dice = " ".join(f"{r}={test[f'{r}_dice']:.3f}" for r in ("ET", "TC", "WT") if f"{r}_dice" in test)
