@@ -188,9 +188,15 @@ def test_concurrent_writers_lose_and_tear_nothing(tmp_path):
 # --- real runs -------------------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs with SIGINT ignored and children inherit that; a user's Ctrl-C comes
+    # to a foreground process, so give the sweep the default disposition whatever ran this test suite
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep_proc(spec: Path, results: Path) -> subprocess.Popen:
     return subprocess.Popen(bratsbench_cmd("sweep", "run", str(spec), "--out", str(results)), env=proc_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _find_rank(proc: subprocess.Popen, want_rank: str | None, ready) -> psutil.Process | None:
