@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
-from harness.record import RECORD_NAME, read_record
+from harness.record import read_record
+from harness.rundir import RECORD
 
 PATH_KEY = "_path"  # added to each loaded record: the record.json it came from
 
@@ -27,7 +28,7 @@ def find_record_paths(results: str | Path) -> list[Path]:
     """RESULTS/runs/*/record.json first, then any other */record.json below RESULTS (each file once)."""
     root = Path(results)
     seen: dict[Path, None] = {}
-    for path in [*sorted(root.glob(f"runs/*/{RECORD_NAME}")), *sorted(root.rglob(RECORD_NAME))]:
+    for path in [*sorted(root.glob(f"runs/*/{RECORD}")), *sorted(root.rglob(RECORD))]:
         seen.setdefault(path.resolve(), None)
     return list(seen)
 
@@ -91,7 +92,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "step_time_s": timing.get("step_time_mean_s"),
         "step_time_sd_s": timing.get("step_time_sd_s"),
         "steps": timing.get("steps"),
-        "freeze_depth": -1 if train.get("freeze_all_but_head") else train.get("freeze_depth", 0),
+        "freeze_depth": _freeze(train),
         "params_trainable": _get(record, "model", "params_trainable"),
         "params_total": _get(record, "model", "params_total"),
         "modalities": _text(model.get("modalities")),
@@ -143,3 +144,15 @@ def settings_label(row: pd.Series | dict[str, Any], keys: Iterable[str]) -> str:
 def varying(rows: Sequence[pd.Series | dict[str, Any]], keys: Iterable[str]) -> list[str]:
     """The keys whose values differ between rows: only those are worth naming in a group label."""
     return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+
+
+def _freeze(train: dict[str, Any]) -> int | str:
+    """The freeze choice as one value (k, or "head"), whichever way the record spelled it."""
+    from harness.config import HEAD_ONLY, parse_freeze
+
+    if train.get("freeze_all_but_head"):
+        return HEAD_ONLY
+    try:
+        return parse_freeze(train.get("freeze_depth", 0))
+    except Exception:  # noqa: BLE001 - an unreadable value must not stop the analysis
+        return train.get("freeze_depth", 0)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from analysis import plots, tables
+from analysis import plots, tables, transfer
 from analysis.records import load_records, run_dir
 from harness.errors import UserError
 
@@ -80,16 +80,15 @@ def freeze_section(records: list[dict], out: Path) -> Section:
 
 
 def transfer_section(records: list[dict], out: Path) -> Section:
-    s = Section("transfer", "Transfer (fine-tuned at freeze depth k) vs training from scratch")
-    table = tables.transfer_table(records)
+    s = Section("transfer", "Transfer (fine-tuned at freeze depth k, or head-only) vs training from scratch")
+    table, files = transfer.write_comparison(records, out)
     if table.empty:
         s.skipped = "no records with extra.transfer role finetune/scratch"
         return s
-    _write(table, out, "transfer", s, "final Dice per region, mean ± sd (ddof=1) over seeds", tables.pm_view(table))
-    try:
-        s.files.append(plots.learning_curves_png(records, out / "learning_curves.png"))
-    except ValueError as exc:
-        s.notes.append(f"no learning curves: {exc}")
+    s.files += files
+    s.tables.append((transfer.caption(table), transfer.display(table)))
+    if not any(f.suffix == ".png" for f in files):
+        s.notes.append("no learning curves: no per-epoch validation Dice in the transfer records")
     return s
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.records import SETTINGS, frame, settings_label, varying
+from harness.config import HEAD_ONLY
 
-REGIONS = ("ET", "TC", "WT")
 COST_KEYS = (*SETTINGS, "freeze_depth")  # what must agree for two runs' step times to be comparable
 
 
@@ -155,7 +155,8 @@ def freeze_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     (NaN where a series has no depth-0 run). Runs that freeze all but the head are not a depth and are left out."""
     df = _key_frame(records, "step_time_s")
     if not df.empty:
-        df = df[df["freeze_depth"] != -1]
+        df = df[df["freeze_depth"] != HEAD_ONLY]
+        df = df.assign(freeze_depth=df["freeze_depth"].astype(int))
     keys = [k for k in COST_KEYS if k != "freeze_depth"] + ["np", "batch_size"]
     series = _series(df, keys, "freeze_depth", "step_time_s")
     rows = []
@@ -176,96 +177,6 @@ def freeze_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def _num(value: Any) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
-
-
-# ---------------------------------------------------------------- transfer vs scratch
-
-
-def region_dice(obj: Any) -> dict[str, float]:
-    """ET/TC/WT Dice from any of the shapes records use: {"ET": d}, {"ET_dice": d} or a summary {"mean": {...}}."""
-    if not isinstance(obj, dict):
-        return {}
-    if isinstance(obj.get("mean"), dict):
-        obj = obj["mean"]
-    out = {}
-    for region in REGIONS:
-        for key in (region, f"{region}_dice"):
-            value = obj.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[region] = float(value)
-                break
-    return out
-
-
-def _transfer_runs(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per finetune/scratch record: its condition, seed, final val/test Dice and WT curve."""
-    runs = []
-    for r in records:
-        info = ((r.get("extra") or {}).get("transfer")) or {}
-        role = info.get("role")
-        if role not in ("finetune", "scratch") or r.get("status") not in ("ok", None):
-            continue
-        k = info.get("freeze_depth", ((r.get("config") or {}).get("train") or {}).get("freeze_depth", 0))
-        history = [h for h in r.get("history") or [] if region_dice(h.get("val"))]
-        final_val = region_dice(history[-1]["val"]) if history else region_dice((r.get("metrics") or {}).get("val"))
-        test = region_dice((r.get("metrics") or {}).get("test")) or region_dice(info.get("test"))
-        runs.append({
-            "condition": "scratch" if role == "scratch" else f"finetune k={k}",
-            "role": role, "freeze_depth": None if role == "scratch" else int(k), "seed": info.get("seed"),
-            "val": final_val, "test": test, "epochs": len(r.get("history") or []),
-            "curve": [(int(h.get("epoch", i + 1)), region_dice(h["val"]).get("WT", math.nan)) for i, h in enumerate(history)],
-        })
-    return runs
-
-
-def _order(condition: str) -> tuple[int, int]:
-    return (1, 0) if condition == "scratch" else (0, int(condition.split("=")[1]))
-
-
-def transfer_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Final validation (and test, where recorded) Dice per region for each freeze depth k and for scratch:
-    mean and sample standard deviation (ddof=1) over seeds."""
-    runs = _transfer_runs(records)
-    rows = []
-    for condition in sorted({r["condition"] for r in runs}, key=_order):
-        group = [r for r in runs if r["condition"] == condition]
-        row: dict[str, Any] = {
-            "condition": condition, "freeze_depth": group[0]["freeze_depth"], "seeds": len(group),
-            "epochs": max(r["epochs"] for r in group),
-        }
-        for split in ("val", "test"):
-            for region in REGIONS:
-                values = np.array([r[split][region] for r in group if region in r[split]], dtype=float)
-                if split == "test" and values.size == 0:
-                    continue
-                row[f"{split}_{region}"] = float(values.mean()) if values.size else math.nan
-                row[f"{split}_{region}_sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def transfer_curves(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """condition -> per-epoch mean and sd of validation WT Dice over seeds (for the learning-curve plot)."""
-    runs = _transfer_runs(records)
-    out = {}
-    for condition in sorted({r["condition"] for r in runs}, key=_order):
-        points = pd.DataFrame([(e, d) for r in runs if r["condition"] == condition for e, d in r["curve"]], columns=["epoch", "wt"])
-        if not points.empty:
-            out[condition] = points.groupby("epoch")["wt"].agg(["mean", "std", "size"]).reset_index()
-    return out
-
-
-def pm_view(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """A display copy of `transfer_table` with 'mean ± sd' cells."""
-    view = table[[c for c in ("condition", "seeds", "epochs") if c in table]].copy()
-    for col in table.columns:
-        if col.startswith(("val_", "test_")) and not col.endswith("_sd"):
-            sd = table.get(f"{col}_sd")
-            view[col] = [
-                "-" if pd.isna(m) else (f"{m:.{digits}f}" + ("" if sd is None or pd.isna(s) else f" ± {s:.{digits}f}"))
-                for m, s in zip(table[col], sd if sd is not None else [math.nan] * len(table))
-            ]
-    return view
 
 
 # ---------------------------------------------------------------- MMD

@@ -1,6 +1,6 @@
 """Checkpoints that can be resumed exactly, and refused clearly when they do not fit the model.
 
-Beside TensorFlow's checkpoint files we keep `model.json` (the architecture signature), so a mismatch is
+Beside TensorFlow's checkpoint files we keep a signature file (the architecture), so a mismatch is
 reported as one line before any work instead of a shape error deep inside TensorFlow.
 """
 
@@ -15,32 +15,28 @@ import tensorflow as tf
 from harness.config import ModelConfig, model_signature
 from harness.errors import UserError
 from harness.record import atomic_write_json
+from harness.rundir import SIGNATURE
 
-SIGNATURE_FILE = "model.json"
-
-
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def write_signature(ckpt_dir: Path, cfg: ModelConfig) -> None:
-    atomic_write_json(ckpt_dir / SIGNATURE_FILE, {"signature": model_signature(cfg), "modalities": list(cfg.modalities)})
+    atomic_write_json(Path(ckpt_dir) / SIGNATURE, {"signature": model_signature(cfg), "modalities": list(cfg.modalities)})
 
 
 def read_signature(path: str | Path) -> dict[str, Any]:
     """Signature of a checkpoint directory or file prefix; UserError when missing or unreadable."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    sig = folder / SIGNATURE_FILE
+    sig = folder / SIGNATURE
     latest = tf.train.latest_checkpoint(str(folder)) if folder.is_dir() else None
     if not folder.is_dir() or (latest is None and not Path(str(path) + ".index").exists()):
         raise UserError(f"checkpoint '{path}' not found (no TensorFlow checkpoint there)")
     if not sig.is_file():
-        raise UserError(f"checkpoint '{path}' has no {SIGNATURE_FILE}: not written by bratsbench")
+        raise UserError(f"checkpoint '{path}' has no {SIGNATURE}: not written by bratsbench")
     try:
         return json.loads(sig.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint '{path}': cannot read {SIGNATURE_FILE} ({exc})") from None
+        raise UserError(f"checkpoint '{path}': cannot read {SIGNATURE} ({exc})") from None
 
 
 def check_compatible(path: str | Path, cfg: ModelConfig, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -63,23 +59,6 @@ def resolve(path: str | Path) -> str:
     return str(path)
 
 
-def load_run_model(run_dir: str | Path):
-    """Rebuild a finished run's model from its record and restore its latest weights (model only).
-
-    Returns (model, RunConfig). UserError when the folder holds no record or no checkpoint.
-    """
-    from harness.config import RunConfig
-    from harness.model import build_unet
-
-    record_path = Path(run_dir) / "record.json"
-    if not record_path.is_file():
-        raise UserError(f"run '{run_dir}' has no record.json")
-    try:
-        cfg = RunConfig.from_dict(json.loads(record_path.read_text())["config"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise UserError(f"run '{run_dir}': record.json is unreadable ({exc})") from None
-    ckpt = checkpoint_dir(run_dir)
-    check_compatible(ckpt, cfg.model)
-    model = build_unet(cfg.model, cfg.data.crop)
-    tf.train.Checkpoint(model=model).restore(resolve(ckpt)).expect_partial()
-    return model, cfg
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """Save checkpoint number `step` (rank 0 only)."""
+    return manager.save(checkpoint_number=step)

@@ -12,6 +12,41 @@ from harness.modalities import parse_modalities
 
 LOSSES = ("dice_ce", "ce")
 NORMS = ("instance", "batch", "none")
+FIRST_CONV = ("copy", "average", "reinit")  # how an input layer is initialised across modality sets
+HEAD_ONLY = "head"  # the freeze choice that trains only the 1x1x1 head
+
+Freeze = int | str  # 0..depth+1 frozen encoder levels, or HEAD_ONLY
+
+
+def parse_freeze(value: Any) -> Freeze:
+    """The one reading of a freeze choice: an integer depth k >= 0, or "head" (everything but the head frozen).
+
+    Accepts ints, digit strings and the spellings older records used ("head-only", -1)."""
+    if isinstance(value, bool):
+        raise UserError(f"freeze depth {value!r} is not an integer or '{HEAD_ONLY}'")
+    if isinstance(value, int):
+        return HEAD_ONLY if value == -1 else value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in (HEAD_ONLY, "head-only", "head_only"):
+            return HEAD_ONLY
+        if text.lstrip("-").isdigit():
+            return parse_freeze(int(text))
+    raise UserError(f"freeze depth {value!r} is not an integer or '{HEAD_ONLY}'")
+
+
+def freeze_label(value: Any) -> str:
+    """How tables and folder names show a freeze choice: "k=2", "head-only"."""
+    k = parse_freeze(value)
+    return "head-only" if k == HEAD_ONLY else f"k={k}"
+
+
+def freeze_order(value: Any) -> tuple[int, int]:
+    """Sort key: k = 0, 1, ... first, head-only last."""
+    k = parse_freeze(value)
+    return (1, 0) if k == HEAD_ONLY else (0, int(k))
 
 
 @dataclass
@@ -97,8 +132,8 @@ class TrainConfig:
     warmup_steps: int = 0
     loss: str = "dice_ce"
     class_weights: tuple[float, ...] | None = None
-    freeze_depth: int = 0
-    freeze_all_but_head: bool = False
+    freeze_depth: Freeze = 0
+    unfreeze_after: int | None = None  # epochs after which every level trains again
     amp: bool = False
     xla: bool = False
     seed: int = 0
@@ -108,7 +143,8 @@ class TrainConfig:
     bench_steps: int = 20
     checkpoint_every: int = 0
     resume: bool = False
-    init_from: str | None = None
+    init_from: str | None = None  # checkpoint folder (or prefix) the weights start from
+    first_conv: str | None = None  # with init_from across modality sets; None: copy if channels agree, else average
     validate_every: int = 1
     profile_steps: tuple[int, int] | None = None
     timeline: bool = False
@@ -125,11 +161,16 @@ class TrainConfig:
         if self.class_weights is not None:
             if len(self.class_weights) != 4 or any(w < 0 for w in self.class_weights):
                 raise UserError(f"class weights {list(self.class_weights)} must be 4 non-negative numbers")
-        if not 0 <= self.freeze_depth <= depth + 1:
+        self.freeze_depth = parse_freeze(self.freeze_depth)
+        if self.freeze_depth != HEAD_ONLY and not 0 <= self.freeze_depth <= depth + 1:
             raise UserError(
                 f"freeze depth {self.freeze_depth} is beyond the model: depth {depth} has encoder levels "
                 f"enc1..enc{depth} plus the bottleneck (0..{depth + 1})"
             )
+        if self.unfreeze_after is not None:
+            _positive("unfreeze_after", self.unfreeze_after)
+        if self.first_conv is not None and self.first_conv not in FIRST_CONV:
+            raise UserError(f"first conv '{self.first_conv}' is not one of {', '.join(FIRST_CONV)}")
         if self.threads is not None:
             _positive("threads", self.threads)
         if self.benchmark:
@@ -151,6 +192,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/run"
     name: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)  # labels a study attaches (copied to record.extra)
 
     def validate(self) -> "RunConfig":
         self.model.validate()
@@ -163,12 +205,28 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        train = dict(raw.get("train", {}))
+        if train.pop("freeze_all_but_head", False):  # records written before the freeze choice had one field
+            train["freeze_depth"] = HEAD_ONLY
+        top = {k: v for k, v in raw.items() if k not in ("model", "data", "train")}
+        unknown = sorted(set(top) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown RunConfig key(s): {', '.join(unknown)}")
+        if not isinstance(top.get("tags", {}), dict):
+            raise UserError(f"tags {top['tags']!r} must be an object")
         return cls(
             model=_build(ModelConfig, raw.get("model", {})),
             data=_build(DataConfig, raw.get("data", {})),
-            train=_build(TrainConfig, raw.get("train", {})),
-            **{k: v for k, v in raw.items() if k not in ("model", "data", "train")},
+            train=_build(TrainConfig, train),
+            **top,
         )
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the computation: the config without where it is written and how it is labelled."""
+        ident = self.to_dict()
+        for key in ("out", "name", "tags"):
+            ident.pop(key, None)
+        return ident
 
 
 def _build(kind: type, raw: dict[str, Any]) -> Any:
@@ -202,6 +260,11 @@ def model_signature(cfg: ModelConfig) -> dict[str, Any]:
 
 
 __all__ = [
+    "FIRST_CONV",
+    "HEAD_ONLY",
+    "freeze_label",
+    "freeze_order",
+    "parse_freeze",
     "ModelConfig",
     "DataConfig",
     "TrainConfig",

@@ -8,7 +8,7 @@ a Keras model, and anything array-like it returns is converted with `np.asarray`
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -139,3 +139,14 @@ def sliding_window_predict(
     accum /= weight_sum[..., None]
     crop = tuple(slice(before, before + s) for (before, _), s in zip(pad, shape))
     return np.ascontiguousarray(accum[crop])
+
+
+def predict_labels(model: Any, image: np.ndarray, crop: Sequence[int], overlap: float = 0.25, batch_size: int = 2) -> np.ndarray:
+    """Model labels (0..3) of one (X, Y, Z, C) volume from a Keras model, by sliding windows at the training crop."""
+    import tensorflow as tf
+
+    def predict_fn(batch: np.ndarray) -> np.ndarray:
+        return model(tf.constant(batch, tf.float32), training=False).numpy()
+
+    probs = sliding_window_predict(image, tuple(crop), predict_fn, overlap=overlap, batch_size=batch_size, n_classes=4)
+    return np.argmax(probs, axis=-1).astype(np.uint8)

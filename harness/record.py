@@ -3,7 +3,7 @@
 Schema (version 1), top-level keys:
   schema_version  int, 1
   kind            "train" (a training or benchmark run)
-  run_id, name    strings; run_id is stable for a config, whatever its output folder (see `run_id`)
+  name            string|null (RunConfig.name); a sweep's run ID is in extra.sweep.run_id
   status          "ok" | "failed" | "interrupted"; exit_code int; error str|null
   started_at, finished_at  ISO-8601 UTC; wall_s float
   config          the whole RunConfig as a dict
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-RECORD_NAME = "record.json"
 
 
 def utc_now() -> str:
@@ -102,8 +101,11 @@ def versions() -> dict[str, str | None]:
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
+    """A record file, strictly: OSError, or ValueError when it is not JSON or not of this schema."""
     with open(path) as fh:
         record = json.load(fh)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object")
     if record.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {record.get('schema_version')} is not {SCHEMA_VERSION}")
     return record
@@ -114,7 +116,6 @@ def new_record(config: dict[str, Any], kind: str = "train", *, probe: bool = Tru
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": kind,
-        "run_id": run_id({k: v for k, v in config.items() if k not in ("out", "name")}),
         "name": config.get("name"),
         "status": "running",
         "exit_code": None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis import plots, tables
+from analysis import plots, tables, transfer
 from analysis.records import load_records
 from analysis.report import build_report
 from harness.errors import UserError
@@ -159,21 +159,21 @@ def transfer_records() -> list[dict]:
 
 
 def test_transfer_table_mean_and_sd_over_seeds():
-    t = tables.transfer_table(transfer_records()).set_index("condition")
-    assert list(t.index) == ["finetune k=0", "finetune k=2", "scratch"]  # the pretrain run is no condition
+    t = transfer.comparison(transfer_records()).set_index("variant")
+    assert list(t.index) == ["k=0", "k=2", "scratch"]  # the pretrain run is no variant
     assert list(t["seeds"]) == [2, 2, 2]
-    assert t.loc["finetune k=0", "val_WT"] == pytest.approx(0.82)
-    assert t.loc["finetune k=0", "val_WT_sd"] == pytest.approx(0.04 / math.sqrt(2))  # sample sd of two values
-    assert t.loc["finetune k=2", "val_ET"] == pytest.approx(0.53)
-    assert t.loc["finetune k=2", "val_ET_sd"] == pytest.approx(0.06 / math.sqrt(2))
+    assert t.loc["k=0", "val_WT"] == pytest.approx(0.82)
+    assert t.loc["k=0", "val_WT_sd"] == pytest.approx(0.04 / math.sqrt(2))  # sample sd of two values
+    assert t.loc["k=2", "val_ET"] == pytest.approx(0.53)
+    assert t.loc["k=2", "val_ET_sd"] == pytest.approx(0.06 / math.sqrt(2))
     assert t.loc["scratch", "val_TC"] == pytest.approx(0.51)
     assert t.loc["scratch", "test_WT"] == pytest.approx(0.63 - 0.1)
-    view = tables.pm_view(t.reset_index())
-    assert view.loc[0, "val_WT"] == "0.820 ± 0.028"
+    view = transfer.display(t.reset_index())
+    assert view.loc[0, "WT Dice (val)"] == "0.820 ± 0.028"
 
 
 def test_learning_curves_png(tmp_path):
-    curves = tables.transfer_curves(transfer_records())
+    curves = transfer.curves(transfer_records())
     assert list(curves["scratch"]["epoch"]) == [1, 2, 3]
     assert curves["scratch"]["mean"].iloc[-1] == pytest.approx(0.63)
     assert_png(plots.learning_curves_png(transfer_records(), tmp_path / "curves.png"))

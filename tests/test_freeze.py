@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness.config import ModelConfig
+from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.errors import UserError
 from harness.losses import make_loss
@@ -25,7 +25,7 @@ def _model():
 
 def _levels_after_steps(model, steps=2):
     before = {w.name: w.numpy().copy() for w in model.weights}
-    opt = make_optimizer(1e-2, 1, False, 0, False)
+    opt = make_optimizer(TrainConfig(lr=1e-2, lr_scaling=False), 1, False)
     opt.build(model.trainable_variables)
     step = make_train_step(model, opt, make_loss("dice_ce"), distributed=False)
     x, y = make_samples(2, CROP, 2, seed=0)

@@ -13,7 +13,8 @@ import pytest
 import harness.data.store as store_mod
 from harness.cli import main
 from harness.data.loader import find_cases
-from harness.data.store import PrepParams, open_store, prepare_store, preprocess, to_brats_labels, to_original_geometry
+from harness.data.store import PrepParams, open_store, prepare_store, preprocess, to_original_geometry
+from harness.metrics import to_brats_labels
 from harness.data.validate import CaseData, read_case
 from harness.errors import UserError
 from harness.modalities import MODALITIES

@@ -1,7 +1,7 @@
 """Emitted job arrays: resource lines, manifest, afterok chaining, and quoting that survives a real bash run.
 
 The array scripts are executed with bash here (SLURM_ARRAY_TASK_ID / PBS_ARRAY_INDEX set by hand) with a fake
-`srun`/`mpirun` on PATH that records its argv: the start-task/finish-task steps and all paths are real.
+`srun`/`mpirun` on PATH that records its argv: the run-task step and all paths are real.
 """
 
 from __future__ import annotations
@@ -153,14 +153,15 @@ def test_array_task_runs_with_awkward_paths_and_settles_records(weird, tmp_path)
     record = json.loads((results / "runs" / transfer["run_id"] / "record.json").read_text())
     assert record["status"] == "failed" and record["error"] == f"dependency {pre['run_id']} failed"
 
-    # once the pre-training is ok: --init-from points into it, and an ok launch is settled ok
+    # once the pre-training is ok: init_from points into it, and an ok launch is settled ok
     (run_dir / "record.json").write_text(json.dumps({"schema_version": 1, "status": "ok"}))
     done = run_task(script, int(transfer["index"]), "SLURM_ARRAY_TASK_ID", tmp_path, "srun", FAKE_RECORD="ok")
     assert done.returncode == 0, done.stdout + done.stderr
     argv = (tmp_path / "argv").read_text().split("\0")[:-1]
     assert argv[0] == "--ntasks=2"
-    assert argv[argv.index("--init-from") + 1] == str(run_dir / "checkpoints")
-    assert argv[argv.index("--first-conv") + 1] == "average"
+    config = json.loads(Path(argv[argv.index("--config") + 1]).read_text())
+    assert config["train"]["init_from"] == str(run_dir / "checkpoints")
+    assert config["train"]["first_conv"] == "average"
     record = json.loads((results / "runs" / transfer["run_id"] / "record.json").read_text())
     assert record["status"] == "ok" and record["extra"]["sweep"]["np"] == 2
     # a second submission skips it

@@ -22,7 +22,8 @@ from harness.errors import UserError
 from harness.record import atomic_write_json
 from harness.sweep import index
 from harness.sweep.plan import plan
-from harness.sweep.runner import Outcome, is_rank_process, run_sweep, select, settle, supervise
+from harness.launch import Outcome, is_rank_process, settle, supervise
+from harness.sweep.runner import prepare_run_dir, run_sweep, select, sweep_info
 from harness.sweep.spec import parse_spec
 from tests.conftest import bratsbench_cmd, proc_env
 
@@ -109,25 +110,31 @@ def test_is_rank_process_tells_ranks_from_launchers(tmp_path):
 def test_settle_tells_the_truth(tmp_path):
     spec = parse_spec({"fixed": TINY, "axes": {"np": [2]}}, origin="s")
     run = plan(spec)[0]
-    folder = tmp_path / "runs" / run.run_id
-    (folder / "logs").mkdir(parents=True)
-    (folder / "logs" / "launcher.log").write_text("".join(f"line {i}\n" for i in range(100)) + "bar 1%\rbar 50%\rbar 99%\n")
+    run_dir = prepare_run_dir(run, tmp_path)
+    folder = run_dir.path
+    run_dir.reset_logs()
+    run_dir.launcher_log.write_text("".join(f"line {i}\n" for i in range(100)) + "bar 1%\rbar 50%\rbar 99%\n")
+    info = {"sweep": sweep_info(run, "s")}
+
+    def settle_(outcome):
+        return settle(run_dir, outcome, np_=run.np, annotate=info)
+
     # no record at all
-    entry = settle(run, folder, Outcome(1, 3.0), "s")
+    entry = settle_(Outcome(1, 3.0))
     rec = record(tmp_path, run.run_id)
     assert entry["status"] == rec["status"] == "failed" and rec["exit_code"] == 1
     assert "no run record" in rec["error"] and rec["config"]["out"] == str(folder)
     assert len(rec["log_tail"]) == 40 and rec["log_tail"][-1] == "bar 99%" and rec["log_tail"][0] == "line 61"
     # a record the trainer left "running" (rank killed)
     atomic_write_json(folder / "record.json", {**rec, "status": "running", "error": None, "exit_code": None})
-    settle(run, folder, Outcome(-9, 3.0), "s")
+    settle_(Outcome(-9, 3.0))
     rec = record(tmp_path, run.run_id)
     assert (rec["status"], rec["exit_code"], rec["error"]) == ("failed", -9, "killed by SIGKILL")
     # "ok" in the record but a non-zero exit is not ok; exit 0 with an ok record is
     atomic_write_json(folder / "record.json", {**rec, "status": "ok", "error": None})
-    assert settle(run, folder, Outcome(1, 3.0), "s")["status"] == "failed"
+    assert settle_(Outcome(1, 3.0))["status"] == "failed"
     atomic_write_json(folder / "record.json", {**rec, "status": "ok", "error": None})
-    assert settle(run, folder, Outcome(0, 3.0), "s")["status"] == "ok"
+    assert settle_(Outcome(0, 3.0))["status"] == "ok"
     assert record(tmp_path, run.run_id)["extra"]["sweep"]["label"] == run.label
 
 
@@ -144,7 +151,12 @@ def test_only_adds_pretraining_and_dry_run_writes_nothing(tmp_path):
     lines = out.getvalue().splitlines()
     assert len(lines) == len(runs) and not (tmp_path / "res").exists()
     np2 = next(line for line in lines if "np2-b1-k0-transfer" in line)
-    assert "horovodrun -np 2 -H localhost:2 --gloo --output-filename" in np2 and "--init-from" in np2
+    assert "horovodrun -np 2 -H localhost:2 --gloo --output-filename" in np2 and "--config" in np2
+    # the pre-training run is named in the planned config, and becomes its checkpoint folder in config.json
+    pre = picked[0]
+    assert picked[1].config.train.init_from == f"run:{pre.run_id}"
+    assert picked[1].config_for(tmp_path / "x", tmp_path / "res").train.init_from == str(
+        tmp_path / "res" / "runs" / pre.run_id / "checkpoints")
 
 
 # --- concurrent writers ----------------------------------------------------------------------------------

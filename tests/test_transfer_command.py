@@ -24,7 +24,7 @@ def _level_weights(run_dir: Path, levels: tuple[str, ...]) -> dict[str, np.ndarr
     """Checkpointed weights of the layers in `levels`, keyed by layer name."""
     import tensorflow as tf
 
-    from harness.checkpoint import load_run_model
+    from harness.model.pretrained import load_run_model
 
     model, _ = load_run_model(run_dir)
     return {f"{l.name}/{i}": w for l in model.layers if l.name.split("_")[0] in levels for i, w in enumerate(l.get_weights())}
@@ -38,7 +38,7 @@ def study(small_store, tmp_path_factory):
     args = ["transfer", "--store", str(small_store["store"]), "--split", str(small_store["split"]), *MODEL, "--out", str(out)]
     assert main([*args, "--freeze-depths", "3"]) == 0
     first = {label: rec["_dir"].joinpath("record.json").stat().st_mtime_ns for label, rec in _records(out).items()}
-    assert main([*args, "--freeze-depths", "0,3"]) == 0
+    assert main([*args, "--freeze-depths", "0,3", "--head-only"]) == 0
     return out, first
 
 
@@ -46,7 +46,7 @@ def study(small_store, tmp_path_factory):
 def test_comparison_and_shared_split(study, small_store):
     out, _ = study
     recs = _records(out)
-    assert set(recs) == {"pretrain-s0", "finetune-k0-s0", "finetune-k3-s0", "scratch-s0"}
+    assert set(recs) == {"pretrain-s0", "finetune-k0-s0", "finetune-k3-s0", "finetune-head-s0", "scratch-s0"}
     splits = {rec["config"]["data"]["split"] for rec in recs.values()}
     assert splits == {str(small_store["split"])}
     assert recs["pretrain-s0"]["config"]["model"]["modalities"] == ["flair", "t1ce"]
@@ -56,10 +56,44 @@ def test_comparison_and_shared_split(study, small_store):
     assert recs["finetune-k3-s0"]["model"]["init"]["first_conv"] == "copy"
     assert recs["finetune-k3-s0"]["model"]["params_trainable"] < recs["scratch-s0"]["model"]["params_trainable"]
     assert recs["scratch-s0"]["config"]["train"]["init_from"] is None
-    table = (out / "comparison.md").read_text()
-    for variant in ("| k=0 |", "| k=3 |", "| scratch |"):
+    assert recs["finetune-head-s0"]["config"]["train"]["freeze_depth"] == "head"
+    assert recs["finetune-head-s0"]["model"]["frozen_levels"] == ["all-but-head"]
+    table = (out / "transfer.md").read_text()
+    for variant in ("| k=0 |", "| k=3 |", "| head-only |", "| scratch |"):
         assert variant in table
-    assert (out / "learning-curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_analyze_shows_the_same_transfer_table_as_the_study(study, cli):
+    out, _ = study
+    code, stdout, err = cli("analyze", str(out), "--out", str(out / "analysis"))
+    assert code == 0, err
+    assert "skipped transfer" not in stdout and "head-only" in stdout
+    for name in ("transfer.md", "transfer.csv"):
+        assert (out / "analysis" / name).read_text() == (out / name).read_text(), name
+    assert (out / "analysis" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_record_reproduces_its_run(study, small_store, tmp_path):
+    from tests.conftest import bratsbench_cmd, run
+
+    out, _ = study
+    pre = _records(out)["pretrain-s0"]["_dir"] / "checkpoints"
+    first, again = tmp_path / "first", tmp_path / "again"
+    run(bratsbench_cmd("train", "--store", str(small_store["store"]), "--split", str(small_store["split"]), *MODEL,
+                       "--modalities", "t1,t2", "--init-from", str(pre), "--first-conv", "average", "--freeze-depth", "2",
+                       "--unfreeze-after", "1", "--out", str(first)))
+    run(bratsbench_cmd("train", "--config", str(first / "record.json"), "--out", str(again)))
+    a, b = (json.loads((d / "record.json").read_text()) for d in (first, again))
+    assert a["status"] == b["status"] == "ok"
+    assert {**a["config"], "out": None} == {**b["config"], "out": None}
+    train = b["config"]["train"]
+    assert (train["init_from"], train["first_conv"], train["freeze_depth"], train["unfreeze_after"]) == (str(pre), "average", 2, 1)
+    assert b["model"]["init"]["first_conv"] == "average" and b["model"]["frozen_levels"] == ["enc1", "enc2"]
+    assert b["model"]["unfrozen_at_epoch"] == 1
+    assert b["model"]["replica_checksums"] == a["model"]["replica_checksums"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The transfer-vs-scratch numbers computed from run records."""
+"""The transfer-vs-scratch numbers computed from run records (analysis.transfer, used by `transfer` and `analyze`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.transfer.compare import comparison, markdown, reach
+from analysis.transfer import comparison, display, reach, variant
 
 
 def _record(role, k, seed, test_wt, val_curve, step, params, cases):
@@ -39,12 +39,17 @@ def test_reach_counts_epochs_and_wall_time():
     assert reach(rec, 0.9) == (None, None)
 
 
+def _rows(records, **kw):
+    return {r["variant"]: r for r in comparison(records, **kw).to_dict("records")}
+
+
 def test_comparison_rows(records):
-    rows = {r["variant"]: r for r in comparison(records)}
+    rows = _rows(records)
     assert set(rows) == {"k=2", "scratch"}  # the pre-training run is not a variant
     k2, sc = rows["k=2"], rows["scratch"]
-    assert k2["WT_mean"] == pytest.approx(0.72) and k2["WT_sd"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
-    assert sc["WT_mean"] == pytest.approx(0.62)
+    assert k2["test_WT"] == pytest.approx(0.72) and k2["test_WT_sd"] == pytest.approx(np.std([0.70, 0.74], ddof=1))
+    assert sc["test_WT"] == pytest.approx(0.62)
+    assert k2["val_WT"] == pytest.approx(0.725) and sc["val_WT"] == pytest.approx(0.6)
     # paired per case and seed: (0.1, 0.1, 0.1) and (0.1, 0.1, 0.1) -> mean diff 0.1 over 6 pairs
     assert k2["WT_diff"] == pytest.approx(0.1) and k2["paired_n"] == 6
     assert k2["WT_p"] < 0.05
@@ -53,11 +58,26 @@ def test_comparison_rows(records):
     assert k2["epochs_to_target"] == pytest.approx(1.5) and k2["wall_s_to_target"] == pytest.approx(15.0)
     assert k2["step_time_rel"] == pytest.approx(0.75) and k2["trainable_rel"] == pytest.approx(0.4)
     assert sc["step_time_rel"] == pytest.approx(1.0) and sc["epochs_to_target"] == pytest.approx(3.0)
-    text = markdown(list(rows.values()))
-    assert "| k=2 | 2 | 0.520 ± 0.028 | 0.620 ± 0.028 | 0.720 ± 0.028 |" in text and "+0.100" in text
+    shown = display(comparison(records)).set_index("variant")
+    assert [shown.loc["k=2", f"{g} Dice (test)"] for g in ("ET", "TC", "WT")] == ["0.520 ± 0.028", "0.620 ± 0.028", "0.720 ± 0.028"]
+    assert shown.loc["k=2", "ΔWT vs scratch (p)"].startswith("+0.100") and shown.loc["scratch", "ΔWT vs scratch (p)"] == "-"
 
 
 def test_given_target_overrides_scratch_final(records):
-    rows = {r["variant"]: r for r in comparison(records, target=0.7)}
+    rows = _rows(records, target=0.7)
     assert rows["scratch"]["reached"] == "0/2" and math.isnan(rows["scratch"]["epochs_to_target"])
     assert rows["k=2"]["reached"] == "2/2"
+
+
+@pytest.mark.parametrize("k, name", [(0, "k=0"), (3, "k=3"), ("head", "head-only"), ("head-only", "head-only"), (-1, "head-only")])
+def test_every_spelling_of_the_freeze_choice_is_one_variant(k, name):
+    assert variant(_record("finetune", k, 0, 0.5, [0.5], 1.0, 10, {})) == name
+
+
+def test_head_only_sorts_after_the_depths_and_one_seed_has_no_sd(records):
+    head = _record("finetune", "head", 0, 0.65, [0.4, 0.5, 0.55], 0.5, 10, {"a": 0.6, "b": 0.7, "c": 0.6})
+    table = comparison([*records, head])
+    assert list(table["variant"]) == ["k=2", "head-only", "scratch"]
+    row = table.set_index("variant").loc["head-only"]
+    assert row["seeds"] == 1 and math.isnan(row["test_WT_sd"])  # a sample sd of one value is undefined
+    assert display(table).set_index("variant").loc["head-only", "WT Dice (test)"] == "0.650"

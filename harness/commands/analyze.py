@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,14 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def print_report(sections: list, report: Path) -> None:
+    """The report's tables, figures and notes on the terminal."""
     from analysis import tables
-    from analysis.report import build_report
-    from harness.errors import UserError
 
-    if args.top < 1:
-        raise UserError(f"--top {args.top} must be at least 1")
-    sections, report = build_report(args.results, args.out, top=args.top)
     for s in sections:
         if s.skipped:
             print(f"skipped {s.name}: {s.skipped}")
@@ -43,4 +40,13 @@ def run(args: argparse.Namespace) -> int:
         for note in s.notes:
             print(f"note: {note}")
     print(f"\nreport: {report}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+    from harness.errors import UserError
+
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be at least 1")
+    print_report(*build_report(args.results, args.out, top=args.top))
     return 0

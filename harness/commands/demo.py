@@ -54,87 +54,95 @@ def _sweep_spec(store: Path, split: Path, max_np: int) -> dict:
     }
 
 
-def _subprocess(args: list[str], log: Path, np_: int = 1) -> int:
-    from harness.sweep.runner import bratsbench_command
-    from harness.sweep.supervise import local_launch, run_logged
+def _run_config(store: Path, split: Path, out: Path, **train: object) -> "RunConfig":
+    from harness.config import RunConfig
 
-    return run_logged(local_launch(np_, bratsbench_command() + args), log, timeout_s=1800) or 0
+    return RunConfig.from_dict({
+        "model": dict(MODEL), "data": {"store": str(store), "split": str(split), "crop": CROP},
+        "train": train, "out": str(out),
+    }).validate()
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    import logging
+    import sys
 
     import yaml
 
-    from harness.cli import main as cli
+    from analysis.report import build_report
+    from analysis.transfer import write_comparison
+    from harness import launch
+    from harness.commands.analyze import print_report
+    from harness.data.split import default_split_path, split_store
+    from harness.data.store import open_store, prepare_store
+    from harness.data.synth import write_dataset
     from harness.errors import UserError
+    from harness.rundir import RunDir
+    from harness.shift.study import ShiftOptions, run_shift
     from harness.sweep.runner import run_sweep
     from harness.sweep.spec import load_spec
+    from harness.transfer.study import StudyOptions, run_study
 
     if args.cases < 6:
         raise UserError(f"--cases {args.cases}: the demo needs at least 6 cases for train/val/test")
     if args.np < 1 or args.seeds < 1:
         raise UserError("--np and --seeds must be at least 1")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(args.out).resolve()
-    raw, store, results = out / "raw", out / "store", out / "results"
-    split = store / "split-seed0.json"
+    raw, store_dir, results = out / "raw", out / "store", out / "results"
     n, t0 = 8, time.perf_counter()
     failures: list[str] = []
 
-    t = _stage(1, n, f"generating {args.cases} BraTS 2020 cases at 96x96x64 voxels (2.5 mm) into {raw}")
+    _stage(1, n, f"generating {args.cases} BraTS 2020 cases at 96x96x64 voxels (2.5 mm) into {raw}")
     if not (raw / "MICCAI_BraTS2020_TrainingData").is_dir():
-        if cli(["synth", "--out", str(raw), "--cases", str(args.cases), "--seed", "0", "--shape", "96", "96", "64"]):
-            return 1
+        write_dataset(raw, cases=args.cases, seed=0, shape=(96, 96, 64))
     else:
         print("reusing the generated cases")
     _stage(2, n, "preparing the store (z-score in the brain, crop to the brain, roi 64x64x48 at 2.5 mm)")
-    if cli(["prepare", "--data", str(raw), "--out", str(store), "--roi", "64", "64", "48", "--spacing", "2.5"]):
-        return 1
+    report = prepare_store(raw, store_dir, roi=(64, 64, 48), spacing=2.5)
+    print(f"store {store_dir}: {len(report.prepared)} prepared, {len(report.reused)} unchanged, {len(report.skipped)} skipped")
     _stage(3, n, "patient-level split, stratified by grade")
-    if not split.exists() and cli(["split", "--store", str(store), "--seed", "0", "--val", "0.2", "--test", "0.2",
-                                   "--stratify", "grade"]):
-        return 1
+    store = open_store(store_dir)
+    split = default_split_path(store, 0)
+    if not split.exists():
+        split_store(store, seed=0, val=0.2, test=0.2, stratify="grade").save(split)
 
     spec_path = out / "sweep.yaml"
-    spec_path.write_text(yaml.safe_dump(_sweep_spec(store, split, args.np), sort_keys=False))
+    spec_path.write_text(yaml.safe_dump(_sweep_spec(store_dir, split, args.np), sort_keys=False))
     t = _stage(4, n, f"scaling x freeze-depth sweep ({spec_path}), benchmark mode, resumable")
     if run_sweep(load_spec(spec_path), results / "sweep") != 0:
         failures.append("sweep")
     print(f"sweep: {time.perf_counter() - t:.0f} s")
 
     t = _stage(5, n, f"transfer study: pre-train flair,t1ce -> fine-tune t1,t2 at k = 0, 2, 4 vs scratch, {args.seeds} seed(s)")
-    study = results / "transfer"
-    code = cli(["transfer", "--store", str(store), "--split", str(split), "--crop", *map(str, CROP),
-                "--base-filters", str(MODEL["base_filters"]), "--depth", str(MODEL["depth"]), "--batch-size", "2",
-                "--epochs", "5", "--steps-per-epoch", "8", "--seeds", str(args.seeds), "--out", str(study)])
-    if code:
+    study_dir = results / "transfer"
+    base = _run_config(store_dir, split, study_dir, batch_size=2, epochs=5, steps_per_epoch=8)
+    study = run_study(base, StudyOptions(seeds=args.seeds, timeout_s=1800), study_dir)
+    _, files = write_comparison(study.records, study_dir)
+    print("\n".join(str(f) for f in files))
+    if study.failed:
         failures.append("transfer")
     print(f"transfer: {time.perf_counter() - t:.0f} s")
 
-    t = _stage(6, n, "domain shift: MMD between flair+t1ce and t1+t2 (patches and the pre-trained bottleneck)")
-    pretrain = sorted(study.glob("pretrain-s0-*"))
-    shift_args = ["shift", "--store", str(store), "--split", str(split), "--per-case", "150", "--out", str(results / "shift")]
-    if pretrain and (pretrain[0] / "checkpoints").is_dir():
-        shift_args += ["--run", str(pretrain[0])]
-    if cli(shift_args):
-        failures.append("shift")
+    _stage(6, n, "domain shift: MMD between flair+t1ce and t1+t2 (patches and the pre-trained bottleneck)")
+    pretrain = next((r.run_dir for r in study.runs if r.role == "pretrain" and r.run_dir.finished()), None)
+    run_shift(ShiftOptions(store=str(store_dir), split=str(split), per_case=150, out=str(results / "shift"),
+                           run=str(pretrain.path) if pretrain else None))
 
-    t = _stage(7, n, "one profiled 2-rank run: TensorFlow profiler on every rank and a Horovod timeline")
-    profiled = results / "profiled"
-    done = profiled / "record.json"
-    if not (done.exists() and json.loads(done.read_text()).get("status") == "ok"):
-        code = _subprocess(["train", "--store", str(store), "--split", str(split), "--modalities", "t1,t2",
-                            "--crop", *map(str, CROP), "--base-filters", str(MODEL["base_filters"]),
-                            "--depth", str(MODEL["depth"]), "--batch-size", "2", "--benchmark", "--warmup", "3",
-                            "--bench-steps", "8", "--profile-steps", "4:7", "--hvd-timeline", "--out", str(profiled)],
-                           profiled.parent / "profiled.log", np_=min(2, args.np))
-        if code:
+    _stage(7, n, "one profiled 2-rank run: TensorFlow profiler on every rank and a Horovod timeline")
+    profiled = RunDir(results / "profiled")
+    if profiled.status() != "ok":
+        cfg = _run_config(store_dir, split, profiled.path, batch_size=2, benchmark=True, bench_warmup=3, bench_steps=8,
+                          profile_steps=[4, 7], timeline=True)
+        cfg.model.modalities = ("t1", "t2")
+        profiled.create().write_config(cfg.validate().to_dict())
+        if launch.launch_train(profiled, min(2, args.np), timeout_s=1800)["status"] != "ok":
             failures.append("profiled run")
-    print(f"tensorboard --logdir {profiled / 'profile'}   # one run per rank")
+    print(f"tensorboard --logdir {profiled.profile}   # one run per rank")
 
     _stage(8, n, f"analysis of {results}")
-    if cli(["analyze", str(results)]):
-        failures.append("analyze")
+    print_report(*build_report(results))
     print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; everything is under {out}")
     if failures:
         print(f"some stages failed: {', '.join(failures)} (re-run `bratsbench demo` to retry only what is missing)")

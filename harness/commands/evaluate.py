@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +26,9 @@ def format_summary(summary: dict) -> str:
     """Region x metric table (mean / median over cases) for the terminal."""
     metrics = ("dice", "hd95", "sensitivity", "specificity", "precision", "iou")
     lines = [f"{'region':<7}" + "".join(f"{m:>22}" for m in metrics)]
-    for region in ("ET", "TC", "WT"):
+    from harness.metrics import REGIONS
+
+    for region in REGIONS:
         cells = []
         for m in metrics:
             mean = summary["mean"].get(f"{region}_{m}", math.nan)
@@ -40,8 +40,9 @@ def format_summary(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.checkpoint import load_run_model
+    from harness.model.pretrained import load_run_model
     from harness.record import atomic_write_json
+    from harness.rundir import RunDir
     from harness.train import distributed
     from harness.train.sources import make_source
     from harness.train.validation import evaluate_items
@@ -58,13 +59,12 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_items(model, items, cfg.data.crop, world)
     if not world.is_root:
         return 0
-    run_dir = Path(args.run)
-    atomic_write_json(run_dir / f"eval-{args.subset}.json", result)
-    record_path = run_dir / "record.json"
-    record = json.loads(record_path.read_text())
+    run = RunDir(args.run)
+    atomic_write_json(run.eval_result(args.subset), result)
+    record = run.load_record()
     record.setdefault("metrics", {})[args.subset] = result["summary"]
     record["metrics"][f"{args.subset}_cases"] = result["cases"]
-    atomic_write_json(record_path, record)
+    run.write_record(record)
     print(format_summary(result["summary"]))
-    print(f"per-case metrics: {run_dir / f'eval-{args.subset}.json'}")
+    print(f"per-case metrics: {run.eval_result(args.subset)}")
     return 0

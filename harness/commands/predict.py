@@ -27,12 +27,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from harness.checkpoint import load_run_model
     from harness.data.loader import find_cases
-    from harness.data.store import PrepParams, open_store, preprocess, to_brats_labels, to_original_geometry
+    from harness.data.store import PrepParams, open_store, preprocess, to_original_geometry
     from harness.data.validate import read_case
     from harness.errors import UserError
-    from harness.train.validation import predict_labels
+    from harness.inference import predict_labels
+    from harness.metrics import to_brats_labels
+    from harness.model.pretrained import load_run_model
 
     from harness.train import distributed
 

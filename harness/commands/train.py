@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import FIRST_CONV, HEAD_ONLY, RunConfig, parse_freeze
 from harness.errors import UserError
 
 # flag -> (section, key); every flag defaults to None so only what the user typed overrides --config.
@@ -35,7 +35,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "loss": ("train", "loss"),
     "class_weights": ("train", "class_weights"),
     "freeze_depth": ("train", "freeze_depth"),
-    "freeze_all_but_head": ("train", "freeze_all_but_head"),
+    "unfreeze_after": ("train", "unfreeze_after"),
+    "first_conv": ("train", "first_conv"),
     "amp": ("train", "amp"),
     "xla": ("train", "xla"),
     "seed": ("train", "seed"),
@@ -58,6 +59,13 @@ def _profile_steps(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not A:B (two step numbers)") from None
     return start, stop
+
+
+def _freeze(text: str) -> int | str:
+    try:
+        return parse_freeze(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,9 +97,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, default=None, help="steps of linear LR warm-up to the scaled rate")
     g.add_argument("--loss", choices=("dice_ce", "ce"), default=None, help="loss (default dice_ce)")
     g.add_argument("--class-weights", type=float, nargs=4, default=None, help="cross-entropy weights for the 4 classes")
-    g.add_argument("--freeze-depth", type=int, default=None, help="freeze the first k encoder levels (0 = none)")
-    g.add_argument("--freeze-all-but-head", action="store_true", default=None, help="train only the 1x1x1 head")
+    g.add_argument("--freeze-depth", type=_freeze, default=None, metavar="K|head",
+                   help="freeze the first K encoder levels (0 = none), or 'head': train only the 1x1x1 head")
+    g.add_argument("--freeze-all-but-head", dest="freeze_depth", action="store_const", const=HEAD_ONLY,
+                   help="the same as --freeze-depth head")
+    g.add_argument("--unfreeze-after", type=int, default=None, metavar="N", help="unfreeze all levels after N epochs")
     g.add_argument("--init-from", default=None, help="initialise weights from a checkpoint folder")
+    g.add_argument("--first-conv", choices=FIRST_CONV, default=None,
+                   help="with --init-from across modality sets: how the first convolution is initialised "
+                   "(default: copy for equal channel counts, else average)")
     g.add_argument("--seed", type=int, default=None, help="seed (model init, data order, augmentation)")
     g = p.add_argument_group("execution")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default cores / local ranks)")
@@ -111,6 +125,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="run config JSON (as in a run record's 'config'); flags override it")
     p.add_argument("--out", default=None, help="run folder (record.json, checkpoints/, profile/)")
     p.add_argument("--name", default=None, help="a label stored in the run record")
+    p.add_argument("--extra", default=None, metavar="JSON",
+                   help="JSON object of labels stored under 'extra' in the run record (RunConfig.tags)")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -133,6 +149,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg.out = args.out
     if args.name is not None:
         cfg.name = args.name
+    if getattr(args, "extra", None):
+        try:
+            tags = json.loads(args.extra)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--extra is not valid JSON: {exc}") from None
+        if not isinstance(tags, dict):
+            raise UserError("--extra must be a JSON object")
+        cfg.tags.update(tags)
     return cfg.validate()
 
 
@@ -144,27 +168,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "process is one rank; rank 0 writes checkpoints, the progress bar and OUT/record.json.",
     )
     add_run_arguments(p)
-    p.add_argument("--first-conv", choices=("copy", "average", "reinit"), default=None,
-                   help="with --init-from across modalities: how the first convolution is initialised")
-    p.add_argument("--unfreeze-after", type=int, default=None, help="unfreeze all levels after N epochs")
-    p.add_argument("--extra", default=None, metavar="JSON",
-                   help="JSON object stored under 'extra' in the run record (used by sweeps and transfer)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    extra = None
-    if args.extra:
-        try:
-            extra = json.loads(args.extra)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--extra is not valid JSON: {exc}") from None
-        if not isinstance(extra, dict):
-            raise UserError("--extra must be a JSON object")
-    if args.unfreeze_after is not None and args.unfreeze_after < 1:
-        raise UserError(f"--unfreeze-after {args.unfreeze_after} must be at least 1 epoch")
     from harness.train.trainer import train
 
-    record = train(cfg, first_conv=args.first_conv, unfreeze_after=args.unfreeze_after, extra=extra)
+    record = train(cfg)
     return 0 if record["status"] == "ok" else 1

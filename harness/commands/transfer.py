@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="(a) pre-train on --source on the split's train cases; (b) fine-tune on --target from those weights "
         "with the first k encoder levels frozen, for each k in --freeze-depths (and --head-only); (c) train --target "
         "from scratch with the same split, budget, optimiser and seed; evaluate every run on the test cases and write "
-        "OUT/comparison.{md,csv} and OUT/learning-curves.png. Finished runs (the pre-training included) are reused.",
+        "OUT/transfer.{md,csv} and OUT/learning_curves.png (the same table `bratsbench analyze` writes). Finished runs (the pre-training included) are reused.",
     )
     from harness.commands.train import add_run_arguments
 
@@ -25,9 +25,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--head-only", action="store_true", help="also fine-tune with everything but the head frozen")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1; default 1)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="pre-training epochs (default: --epochs)")
-    p.add_argument("--unfreeze-after", type=int, default=None, help="unfreeze everything after N fine-tuning epochs")
-    p.add_argument("--first-conv", choices=("copy", "average", "reinit"), default=None,
-                   help="first convolution across modality sets (default: copy for equal channel counts, else average)")
     p.add_argument("--target-dice", type=float, default=None,
                    help="validation WT Dice to time against (default: scratch's final validation WT Dice)")
     p.add_argument("--np", type=int, default=1, help="ranks per run (horovodrun over Gloo when > 1)")
@@ -36,63 +33,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from analysis.transfer import display, write_comparison
+    from analysis.tables import markdown
     from harness.commands.train import config_from_args
     from harness.errors import UserError
-    from harness.record import atomic_write_json
-    from harness.transfer.compare import comparison, markdown, write_csv
-    from harness.sweep.runner import read_record
-    from harness.transfer.execute import execute
-    from harness.transfer.plan import plan_study
+    from harness.transfer.study import StudyOptions, run_study
 
     if args.out is None:
         raise UserError("--out is required (the study folder)")
-    if args.seeds < 1:
-        raise UserError(f"--seeds {args.seeds} must be at least 1")
-    if args.np < 1:
-        raise UserError(f"--np {args.np} must be at least 1")
-    if args.unfreeze_after is not None and args.unfreeze_after < 1:
-        raise UserError(f"--unfreeze-after {args.unfreeze_after} must be at least 1")
-    for flag in ("modalities", "freeze_depth", "resume", "init_from", "benchmark"):
+    for flag in ("modalities", "freeze_depth", "resume", "init_from", "benchmark", "extra"):
         if getattr(args, flag, None) not in (None, False):
             raise UserError(f"--{flag.replace('_', '-')} is set by transfer itself; use --source/--target/--freeze-depths")
-    out = Path(args.out)
-    base = config_from_args(args)
-    if base.data.synthetic:
-        raise UserError("transfer needs a prepared store and split (--store, --split), not --synthetic")
     try:
         depths = [int(k) for k in args.freeze_depths.split(",")] if args.freeze_depths else None
     except ValueError:
         raise UserError(f"--freeze-depths '{args.freeze_depths}' is not a comma list of integers") from None
-    runs = plan_study(base, args.source, args.target, depths, list(range(args.seeds)),
-                      pretrain_epochs=args.pretrain_epochs or base.train.epochs, head_only=args.head_only,
-                      unfreeze_after=args.unfreeze_after, first_conv=args.first_conv)
-    # the source store must hold both modality sets before anything runs
-    from harness.data.split import load_split
-    from harness.data.store import open_store
-
-    store = open_store(Path(base.data.store))
-    store.check_modalities(tuple(runs[0].cfg.model.modalities) + tuple(runs[-1].cfg.model.modalities))
-    load_split(Path(base.data.split), store)
-
-    print(f"transfer study: {len(runs)} runs into {out}")
-    status = execute(runs, out, np_=args.np, timeout_s=args.timeout)
-    records = [r for r in (read_record(Path(s["folder"])) for s in status.values()) if r]
-    rows = comparison(records, target=args.target_dice)
-    table = markdown(rows)
-    (out / "comparison.md").write_text(table + "\n")
-    write_csv(rows, out / "comparison.csv")
-    atomic_write_json(out / "study.json", {"runs": [{"label": r.label, "role": r.role, "id": r.id, **status[r.id]} for r in runs]})
-    from analysis.plots import learning_curves_png
-
-    png = out / "learning-curves.png"
-    try:
-        learning_curves_png(records, png)
-    except ValueError as exc:  # no finished fine-tuning/scratch run with validation history
-        png = f"(no learning-curve plot: {exc})"
-    print()
-    print(table)
-    print(f"\n{out / 'comparison.md'}\n{out / 'comparison.csv'}\n{png}")
-    failed = [s for s in status.values() if s["status"] != "ok"]
-    if failed:
-        print(f"{len(failed)} run(s) failed; re-run the same command to retry only those")
-    return 1 if failed else 0
+    opts = StudyOptions(source=args.source, target=args.target, depths=depths, head_only=args.head_only,
+                        seeds=args.seeds, pretrain_epochs=args.pretrain_epochs, np=args.np, timeout_s=args.timeout)
+    out = Path(args.out)
+    result = run_study(config_from_args(args), opts, out, report=lambda line: print(line, flush=True))
+    table, files = write_comparison(result.records, out, target=args.target_dice)
+    if not table.empty:
+        print("\n" + markdown(display(table)))
+    print("\n" + "\n".join(str(f) for f in files))
+    if result.failed:
+        print(f"{len(result.failed)} run(s) failed; re-run the same command to retry only those")
+    return 1 if result.failed else 0

@@ -157,10 +157,3 @@ def to_original_geometry(pred_store_grid: np.ndarray, meta: dict, order: int = 0
     if tuple(meta["resampled_shape"]) != tuple(meta["original_shape"]):
         out = _resize(out, meta["original_shape"], order)
     return out
-
-
-def to_brats_labels(classes: np.ndarray) -> np.ndarray:
-    """Model classes 0..3 -> BraTS labels {0,1,2,4}."""
-    out = np.asarray(classes).astype(np.uint8, copy=True)
-    out[out == 3] = 4
-    return out

@@ -36,7 +36,6 @@ from harness.data.preprocess import (  # noqa: F401 - re-exported: the store's p
     CaseProblem,
     PrepParams,
     preprocess,
-    to_brats_labels,
     to_original_geometry,
 )
 from harness.data.validate import read_case

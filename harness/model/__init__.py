@@ -1,13 +1,14 @@
 """3D U-Net model, level-wise freezing and FLOP accounting (imports TensorFlow)."""
 
 from harness.model.flops import forward_flops, training_flops
-from harness.model.freeze import count_params, freeze_all_but_head, freeze_encoder, unfreeze_all
+from harness.model.freeze import apply_freeze, count_params, freeze_all_but_head, freeze_encoder, unfreeze_all
 from harness.model.unet import build_unet, encoder_levels, level_of
 
 __all__ = [
     "build_unet",
     "encoder_levels",
     "level_of",
+    "apply_freeze",
     "freeze_encoder",
     "freeze_all_but_head",
     "unfreeze_all",

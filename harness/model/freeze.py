@@ -5,8 +5,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from harness.config import HEAD_ONLY, Freeze, parse_freeze
 from harness.errors import UserError
 from harness.model.unet import encoder_levels, level_of
+
+
+def apply_freeze(model: tf.keras.Model, choice: Freeze, depth: int) -> list[str]:
+    """Apply one freeze choice (k levels or head-only); returns the frozen level names for the record.
+
+    Frozen variables leave `trainable_variables`, so they get no gradient and no allreduce."""
+    choice = parse_freeze(choice)
+    if choice == HEAD_ONLY:
+        freeze_all_but_head(model)
+        return ["all-but-head"]
+    return freeze_encoder(model, int(choice), depth)
 
 
 def freeze_encoder(model: tf.keras.Model, k: int, depth: int) -> list[str]:

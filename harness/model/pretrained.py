@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from harness.config import ModelConfig
+from harness.config import FIRST_CONV, ModelConfig
 from harness.errors import UserError
 from harness.model.unet import build_unet
 from harness.checkpoint import check_compatible, read_signature, resolve
 
-FIRST_CONV_CHOICES = ("copy", "average", "reinit")
-FIRST_CONV = "enc1_conv1"
+INPUT_LAYER = "enc1_conv1"
 
 
 def default_first_conv(src_channels: int, tgt_channels: int) -> str:
@@ -37,8 +36,8 @@ def check_pretrained(path: str | Path, cfg: ModelConfig, first_conv: str | None)
     check_compatible(path, cfg, ignore=("in_channels",))
     info = read_signature(path)
     src_c = info["signature"]["in_channels"]
-    if first_conv is not None and first_conv not in FIRST_CONV_CHOICES:
-        raise UserError(f"first-conv '{first_conv}' is not one of {', '.join(FIRST_CONV_CHOICES)}")
+    if first_conv is not None and first_conv not in FIRST_CONV:
+        raise UserError(f"first-conv '{first_conv}' is not one of {', '.join(FIRST_CONV)}")
     if first_conv == "copy" and src_c != cfg.in_channels:
         raise UserError(
             f"first-conv copy needs equal channel counts; checkpoint '{path}' has {src_c}, the model {cfg.in_channels}"
@@ -63,7 +62,7 @@ def load_pretrained(
         weights = source.get_layer(layer.name).get_weights()
         if not weights:
             continue
-        if layer.name == FIRST_CONV:
+        if layer.name == INPUT_LAYER:
             weights = _adapt_first_conv(weights, layer.get_weights(), choice, src_c, cfg.in_channels)
         layer.set_weights(weights)
     return {
@@ -82,3 +81,22 @@ def _adapt_first_conv(src: list[np.ndarray], fresh: list[np.ndarray], choice: st
     kernel = src[0]  # (3, 3, 3, C_src, F)
     mean = kernel.mean(axis=3, keepdims=True) * (src_c / tgt_c)
     return [np.repeat(mean, tgt_c, axis=3).astype(kernel.dtype), *src[1:]]
+
+
+def load_run_model(run_dir: str | Path) -> tuple[tf.keras.Model, "RunConfig"]:
+    """Rebuild a finished run's model from its record and restore its latest weights (model only).
+
+    UserError when the folder holds no record or no checkpoint."""
+    from harness.config import RunConfig
+    from harness.rundir import RunDir
+
+    run = RunDir(run_dir)
+    record = run.load_record()
+    try:
+        cfg = RunConfig.from_dict(record["config"])
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"run '{run_dir}': record has no usable config ({exc})") from None
+    check_compatible(run.checkpoints, cfg.model)
+    model = build_unet(cfg.model, cfg.data.crop)
+    tf.train.Checkpoint(model=model).restore(resolve(run.checkpoints)).expect_partial()
+    return model, cfg

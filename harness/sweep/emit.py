@@ -1,10 +1,10 @@
 """Emit a sweep as cluster job arrays (SLURM or PBS) from the templates in jobs/*.tmpl.
 
 A job array has one resource shape, so runs are grouped by np: one array script per (pre-training | runs, np),
-one array task per run. Each task finds its run in manifest.tsv by its array index, calls
-`python -m harness.sweep.runner start-task` (skip if ok, fail if the pre-training failed, write config.json),
-launches `bratsbench train` (srun / mpirun / horovodrun) under coreutils `timeout`, then `finish-task`, which
-settles the record exactly as the local runner does. submit.sh submits the pre-training arrays first and the
+one array task per run. Each task finds its run in manifest.tsv by its array index and calls
+`python -m harness.sweep.runner run-task`, which does what the local runner does for one run (skip if ok, fail
+if the pre-training failed, write config.json, launch with srun / mpirun / horovodrun through `harness.launch`
+under the sweep's timeout, settle the record). submit.sh submits the pre-training arrays first and the
 run arrays with --dependency=afterok (PBS: -W depend=afterok).
 
 Templates use `${lower_case}` placeholders only; every other `$` is shell and left alone. Values placed in
@@ -25,13 +25,13 @@ from harness.errors import UserError
 from harness.record import atomic_write_json
 from harness.sweep import index
 from harness.sweep.plan import PlannedRun, plan
-from harness.sweep.runner import bratsbench_command
 from harness.sweep.spec import SweepSpec
 
 SCHEDULERS = {"slurm": ("slurm.sbatch.tmpl", ".sbatch"), "pbs": ("pbs.tmpl", ".pbs")}
 LAUNCHERS = {"slurm": ("srun", "horovodrun", "mpirun"), "pbs": ("mpirun", "horovodrun")}
 TEMPLATES = Path(__file__).resolve().parents[2] / "jobs"
 MANIFEST_COLUMNS = ("array", "index", "run_id", "label", "np", "depends_on", "first_conv")
+JOB_LOGS = "logs"  # the job folder's scheduler logs (the templates' --output), not a run folder's
 _TIME = re.compile(r"^\d{1,4}:\d{2}:\d{2}$")
 _SAFE = re.compile(r"^[A-Za-z0-9_.,:+=-]+$")
 
@@ -122,12 +122,12 @@ def emit(spec: SweepSpec, out: str | Path, opts: EmitOptions) -> dict[str, Path]
     template = _Template((TEMPLATES / template_name).read_text())
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    (out / JOB_LOGS).mkdir(exist_ok=True)
     for old in [*out.glob("*.sbatch"), *out.glob("*.pbs"), *(out / "configs").glob("*.json")]:
         old.unlink()  # a previous emit into the same folder
     written: dict[str, Path] = {}
     for run in runs:
-        atomic_write_json(out / "configs" / f"{run.run_id}.json", run.config_for(index.run_dir(results, run.run_id)).to_dict())
+        atomic_write_json(out / "configs" / f"{run.run_id}.json", run.config_for(index.run_dir(results, run.run_id), results).to_dict())
     plan_path = out / "plan.json"
     atomic_write_json(
         plan_path,
@@ -161,8 +161,6 @@ def _render(template: _Template, job: ArrayJob, spec: SweepSpec, opts: EmitOptio
     n = len(job.runs)
     limit = f"%{opts.limit}" if opts.limit else ""
     q = shlex.quote
-    python_bin = Path(sys.executable).parent
-    horovodrun = python_bin / "horovodrun"
     values = {
         "sweep": spec.name,
         "array_name": q(job.name),
@@ -176,11 +174,8 @@ def _render(template: _Template, job: ArrayJob, spec: SweepSpec, opts: EmitOptio
         "manifest": q(str(manifest)),
         "results": q(str(results)),
         "python": q(sys.executable),
-        "bratsbench": " ".join(q(part) for part in bratsbench_command()),
-        "horovodrun": q(str(horovodrun) if horovodrun.exists() else "horovodrun"),
         "launcher": q(opts.launcher or ""),
         "srun_mpi": q(opts.srun_mpi),
-        "timeout_s": q(f"{spec.timeout_s:g}"),
     }
     if opts.scheduler == "slurm":
         values["array_range"] = f"0-{n - 1}{limit}"

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness.record import RECORD_NAME, atomic_write_json, utc_now
+from harness.record import atomic_write_json, utc_now
+from harness.rundir import RunDir
 
 INDEX_NAME = "sweep.json"
 LOCK_NAME = ".sweep.lock"
@@ -72,7 +73,7 @@ def init_index(results: str | Path, spec: dict[str, Any], plan: list[dict[str, A
         for item in plan:
             entry = runs.setdefault(item["run_id"], {"status": "pending"})
             entry["label"] = item["label"]
-            status = record_status(run_dir(results, item["run_id"]))
+            status = RunDir(run_dir(results, item["run_id"])).status()
             if status is not None:  # the run's own record is the truth
                 entry["status"] = status
 
@@ -86,11 +87,3 @@ def set_run(results: str | Path, run_id: str, **entry: Any) -> dict[str, Any]:
         data.setdefault("runs", {}).setdefault(run_id, {}).update(entry, updated_at=utc_now())
 
     return update_index(results, change)
-
-
-def record_status(folder: str | Path) -> str | None:
-    """Status in a run folder's record.json, or None when there is no readable record."""
-    try:
-        return json.loads((Path(folder) / RECORD_NAME).read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None

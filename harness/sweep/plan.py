@@ -1,8 +1,9 @@
 """From a spec to the list of runs: cross the axes, build and validate each RunConfig, give it a stable ID.
 
-The run ID is `harness.record.run_id` of the RunConfig dict (without `out` and `name`) plus np; a transfer
-run's `train.init_from` is replaced by the pre-training run's ID, so IDs do not depend on where results live
-and change whenever anything that defines the run changes.
+The run ID is `harness.record.run_id` of the RunConfig's identity (without `out`, `name` and `tags`) plus np. A
+transfer run's `train.init_from` is planned as "run:<pre-training run ID>" and resolved into that run's
+checkpoint folder only when its config.json is written (`config_for`), so IDs do not depend on where results
+live and change whenever anything that defines the run changes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from harness.errors import UserError
 from harness.record import run_id as config_id
 from harness.sweep.spec import AXES, SweepSpec
 
+RUN_REF = "run:"  # a planned init_from that names another run of the sweep
+
 
 @dataclass
 class PlannedRun:
@@ -32,17 +35,27 @@ class PlannedRun:
     freeze_depth: int
     config: RunConfig
     depends_on: list[str] = field(default_factory=list)
-    first_conv: str | None = None
     scaling: str = "weak"
+
+    @property
+    def first_conv(self) -> str | None:
+        return self.config.train.first_conv
 
     @property
     def global_batch(self) -> int:
         return self.per_rank_batch * self.np
 
-    def config_for(self, run_dir: str | Path) -> RunConfig:
-        """The RunConfig with `out` set to the run's folder (what `bratsbench train --config` gets)."""
+    def config_for(self, run_dir: str | Path, results: str | Path) -> RunConfig:
+        """The RunConfig `bratsbench train --config` gets: `out` is the run's folder, and a planned
+        `init_from` "run:<ID>" becomes that run's checkpoint folder under `results`."""
+        from harness.rundir import RunDir
+        from harness.sweep.index import run_dir as index_run_dir
+
         cfg = RunConfig.from_dict(self.config.to_dict())
         cfg.out = str(run_dir)
+        init = cfg.train.init_from
+        if init and init.startswith(RUN_REF):
+            cfg.train.init_from = str(RunDir(index_run_dir(results, init[len(RUN_REF):])).checkpoints)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,14 +73,13 @@ class PlannedRun:
             "global_batch": self.global_batch,
             "freeze_depth": self.freeze_depth,
             "depends_on": list(self.depends_on),
-            "first_conv": self.first_conv,
             "scaling": self.scaling,
             "config": cfg,
         }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "PlannedRun":
-        values = {k: v for k, v in raw.items() if k not in ("global_batch", "config")}
+        values = {k: v for k, v in raw.items() if k not in ("global_batch", "config", "first_conv")}
         return cls(config=RunConfig.from_dict(raw["config"]), **values)
 
 
@@ -81,20 +93,21 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
         per_rank = batch if spec.scaling == "weak" else batch // np_
         raw = _base(spec)
         raw["train"].update(batch_size=per_rank, freeze_depth=depth, seed=seed)
-        label = f"np{np_}-b{batch}-k{depth}-{mode}-s{seed}"
+        label = f"np{np_}-b{batch}-k{depth}-{mode}-s{seed}"  # k{head} for head-only
         cfg = _config(raw, label, spec.origin)
         deps: list[str] = []
-        first_conv = None
         if mode == "transfer":
             pre = pretrains.get(seed) or _pretrain(spec, seed)
             pretrains[seed] = pre
             deps = [pre.run_id]
-            first_conv = spec.transfer.first_conv
-            _check_first_conv(first_conv, pre.config, cfg, label, spec.origin)
-        rid = _identity(cfg, np_, deps[0] if deps else None, first_conv)
+            cfg.train.init_from = f"{RUN_REF}{pre.run_id}"
+            cfg.train.first_conv = spec.transfer.first_conv
+            _check_first_conv(cfg.train.first_conv, pre.config, cfg, label, spec.origin)
+            cfg.validate()
+        rid = _identity(cfg, np_)
         runs.setdefault(
             rid,
-            PlannedRun(rid, label, "run", np_, mode, seed, batch, per_rank, depth, cfg, deps, first_conv, spec.scaling),
+            PlannedRun(rid, label, "run", np_, mode, seed, batch, per_rank, depth, cfg, deps, spec.scaling),
         )
     return list(pretrains.values()) + list(runs.values())
 
@@ -114,13 +127,13 @@ def _pretrain(spec: SweepSpec, seed: int) -> PlannedRun:
     raw["model"]["modalities"] = list(t.source)
     batch = t.batch_size or raw["train"].get("batch_size") or RunConfig().train.batch_size
     raw["train"].update(
-        benchmark=False, epochs=t.epochs, batch_size=batch, freeze_depth=0, freeze_all_but_head=False, seed=seed
+        benchmark=False, epochs=t.epochs, batch_size=batch, freeze_depth=0, seed=seed
     )
     if t.steps_per_epoch is not None:
         raw["train"]["steps_per_epoch"] = t.steps_per_epoch
     label = f"pretrain-{'+'.join(t.source)}-np{t.np}-b{batch}-s{seed}"
     cfg = _config(raw, label, spec.origin)
-    rid = _identity(cfg, t.np, None, None)
+    rid = _identity(cfg, t.np)
     return PlannedRun(rid, label, "pretrain", t.np, "pretrain", seed, batch, batch, 0, cfg)
 
 
@@ -143,16 +156,8 @@ def _check_first_conv(first_conv: str | None, pre: RunConfig, cfg: RunConfig, la
         )
 
 
-def _identity(cfg: RunConfig, np_: int, pretrain_id: str | None, first_conv: str | None) -> str:
-    ident = cfg.to_dict()
-    ident.pop("out", None)
-    ident.pop("name", None)
-    ident["np"] = np_
-    if pretrain_id:
-        ident["train"]["init_from"] = f"run:{pretrain_id}"
-    if first_conv:
-        ident["first_conv"] = first_conv
-    return config_id(ident)
+def _identity(cfg: RunConfig, np_: int) -> str:
+    return config_id({**cfg.identity(), "np": np_})
 
 
 def format_table(runs: list[PlannedRun]) -> str:

@@ -23,20 +23,19 @@ from typing import Any
 
 import yaml
 
-from harness.config import DataConfig, ModelConfig, TrainConfig
+from harness.config import FIRST_CONV, HEAD_ONLY, DataConfig, ModelConfig, TrainConfig, parse_freeze
 from harness.errors import UserError
+from harness.launch import LOCAL_LAUNCHERS as LAUNCHERS
 from harness.modalities import parse_modalities
 
 AXES = ("np", "batch_size", "freeze_depth", "mode", "seed")
 MODES = ("scratch", "transfer")
 SCALINGS = ("weak", "strong")
-LAUNCHERS = ("horovodrun", "mpirun")
-FIRST_CONV = ("copy", "average", "reinit")
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 TOP_KEYS = ("name", "scaling", "axes", "fixed", "transfer", "launcher", "timeout_s", "freeze_scratch")
 TRANSFER_KEYS = ("source", "epochs", "np", "batch_size", "steps_per_epoch", "first_conv")
 # Fields the sweep sets itself: a value in `fixed` would be silently overridden, so it is refused.
-MANAGED = {"train": ("init_from", "resume")}
+MANAGED = {"train": ("init_from", "resume", "first_conv")}
 AXIS_FIELDS = {"batch_size": "batch_size", "freeze_depth": "freeze_depth", "seed": "seed"}
 DEFAULT_TIMEOUT_S = 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -177,13 +176,18 @@ def _parse_axis(axis: str, values: Any, origin: str) -> list[Any]:
         if axis == "mode":
             if value not in MODES:
                 raise UserError(f"{origin}: axes.mode value {value!r} is not one of {', '.join(MODES)}")
+        elif axis == "freeze_depth" and not _is_int(value):
+            try:
+                value = parse_freeze(value)
+            except UserError:
+                raise UserError(f"{origin}: axes.freeze_depth value {value!r} must be an integer or '{HEAD_ONLY}'") from None
         elif not _is_int(value):
             raise UserError(f"{origin}: axes.{axis} value {value!r} must be an integer")
         elif axis == "np" and value < 1:
             raise UserError(f"{origin}: axes.np value {value} must be >= 1 (processes per run)")
         elif axis == "batch_size" and value < 1:
             raise UserError(f"{origin}: axes.batch_size value {value} must be >= 1")
-        elif axis == "freeze_depth" and value < 0:
+        elif axis == "freeze_depth" and value != HEAD_ONLY and value < 0:
             raise UserError(f"{origin}: axes.freeze_depth value {value} must be >= 0")
         if value not in out:
             out.append(value)

@@ -9,21 +9,21 @@ profile plugin's step views find their markers.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Iterator
 
 import tensorflow as tf
 
+from harness.rundir import RunDir
 from harness.train.distributed import World
 
 
 class StepProfiler:
-    def __init__(self, run_dir: Path, world: World, steps: tuple[int, int] | None, timeline: bool):
+    def __init__(self, run: RunDir, world: World, steps: tuple[int, int] | None, timeline: bool):
         self.world = world
         self.window = tuple(steps) if steps else None
         self.timeline = timeline and self.window is not None
-        self.logdir = Path(run_dir) / "profile" / f"rank{world.rank}"
-        self.timeline_path = (Path(run_dir) / "timeline.json").resolve()
+        self.logdir = run.profile_rank(world.rank)
+        self.timeline_path = run.timeline.resolve()
         self.active = False
 
     def before_step(self, step: int) -> None:

@@ -10,6 +10,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from harness.config import TrainConfig
+
 
 class WarmupScaledLR(tf.keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up from the base rate to base x world size (Goyal et al.), then constant."""
@@ -30,10 +32,11 @@ class WarmupScaledLR(tf.keras.optimizers.schedules.LearningRateSchedule):
         return {"base_lr": self.base_lr, "scale": self.scale, "warmup_steps": self.warmup_steps}
 
 
-def make_optimizer(lr: float, world_size: int, scaling: bool, warmup_steps: int, amp: bool) -> tf.keras.optimizers.Optimizer:
-    scale = world_size if scaling else 1
-    opt = tf.keras.optimizers.Adam(WarmupScaledLR(lr, scale, warmup_steps if scaling else 0))
-    if amp:
+def make_optimizer(tcfg: "TrainConfig", world_size: int, loss_scaling: bool) -> tf.keras.optimizers.Optimizer:
+    """Adam at the base rate x world size (when lr_scaling), reached by linear warm-up."""
+    scale = world_size if tcfg.lr_scaling else 1
+    opt = tf.keras.optimizers.Adam(WarmupScaledLR(tcfg.lr, scale, tcfg.warmup_steps if tcfg.lr_scaling else 0))
+    if loss_scaling:
         opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
     return opt
 

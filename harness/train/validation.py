@@ -7,21 +7,10 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
+from harness.inference import predict_labels
+from harness.metrics import REGIONS
 from harness.train.distributed import World, allgather_object
 from harness.train.sources import ValItem
-
-REGIONS = ("ET", "TC", "WT")
-
-
-def predict_labels(model: tf.keras.Model, image: np.ndarray, crop: tuple[int, int, int], overlap: float = 0.25) -> np.ndarray:
-    """Model labels (0..3) for one (X, Y, Z, C) volume by sliding-window inference at the training crop."""
-    from harness.inference import sliding_window_predict
-
-    def predict_fn(batch: np.ndarray) -> np.ndarray:
-        return model(tf.constant(batch, tf.float32), training=False).numpy()
-
-    probs = sliding_window_predict(image, crop, predict_fn, overlap=overlap, batch_size=2, n_classes=4)
-    return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
 def evaluate_items(

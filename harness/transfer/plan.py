@@ -1,16 +1,23 @@
-"""The runs of a transfer study, each a whole RunConfig, keyed by its config so reruns reuse finished work."""
+"""The runs of a transfer study, each a whole RunConfig, keyed by its config so reruns reuse finished work.
+
+A fine-tuning run's `init_from` is its pre-training run's checkpoint folder inside the study folder, and its
+freeze choice, first-conv rule and unfreeze epoch are RunConfig fields: the run record alone reproduces it.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-from harness.config import RunConfig
+from harness.config import HEAD_ONLY, Freeze, RunConfig
 from harness.errors import UserError
 from harness.model.unet import encoder_levels
 from harness.modalities import parse_modalities
 from harness.record import run_id
+from harness.rundir import RunDir
+
+ROLES = ("pretrain", "finetune", "scratch")
 
 
 @dataclass
@@ -18,30 +25,43 @@ class StudyRun:
     role: str  # pretrain | finetune | scratch
     seed: int
     cfg: RunConfig
-    freeze: str | int | None = None  # freeze depth k, "head", or None
-    depends_on: str | None = None
-    args: list[str] = field(default_factory=list)  # extra train flags not in RunConfig
+    depends_on: "StudyRun | None" = None
+
+    @property
+    def freeze(self) -> Freeze | None:
+        return self.cfg.train.freeze_depth if self.role == "finetune" else None
 
     @property
     def id(self) -> str:
-        key = self.cfg.to_dict()
-        key.pop("out", None)
-        key.pop("name", None)
-        return run_id({"config": key, "role": self.role, "args": self.args, "depends_on": self.depends_on})
+        """Stable over reruns: what the run computes, its role, and what it starts from."""
+        parent = self.depends_on.id if self.depends_on else None
+        train = dict(self.cfg.identity()["train"], init_from=None)
+        return run_id({"config": {**self.cfg.identity(), "train": train}, "role": self.role, "after": parent})
 
     @property
     def label(self) -> str:
         if self.role == "finetune":
-            return f"finetune-{'head' if self.freeze == 'head' else f'k{self.freeze}'}-s{self.seed}"
+            return f"finetune-{'head' if self.freeze == HEAD_ONLY else f'k{self.freeze}'}-s{self.seed}"
         return f"{self.role}-s{self.seed}"
 
     @property
     def folder(self) -> str:
         return f"{self.label}-{self.id}"
 
-    def tags(self) -> dict[str, Any]:
-        return {"transfer": {"role": self.role, "freeze_depth": self.freeze, "seed": self.seed,
-                             "pretrain_run": self.depends_on, "label": self.label}}
+    def place(self, study: Path) -> "StudyRun":
+        """Set out, name, tags and init_from for a run folder inside `study` (the id does not change)."""
+        self.cfg.out = str(study / self.folder)
+        self.cfg.name = self.label
+        if self.depends_on is not None:
+            self.cfg.train.init_from = str(RunDir(self.depends_on.cfg.out).checkpoints)
+        self.cfg.tags = {"transfer": {"role": self.role, "freeze_depth": self.freeze, "seed": self.seed,
+                                      "pretrain_run": self.depends_on.id if self.depends_on else None,
+                                      "label": self.label}}
+        return self
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir(self.cfg.out)
 
 
 def default_depths(depth: int) -> list[int]:
@@ -51,9 +71,12 @@ def default_depths(depth: int) -> list[int]:
 
 
 def plan_study(
-    base: RunConfig, source: str, target: str, depths: list[int] | None, seeds: list[int], *,
-    pretrain_epochs: int, head_only: bool = False, unfreeze_after: int | None = None, first_conv: str | None = None,
+    base: RunConfig, source: str, target: str, depths: list[int] | None, seeds: list[int], study: Path, *,
+    pretrain_epochs: int, head_only: bool = False,
 ) -> list[StudyRun]:
+    """Per seed: pre-training on `source`, fine-tuning on `target` at each depth (and head-only), scratch.
+
+    `base.train.unfreeze_after` and `base.train.first_conv` apply to the fine-tuning runs."""
     src, tgt = parse_modalities(source), parse_modalities(target)
     if set(src) == set(tgt):
         raise UserError(f"source {','.join(src)} and target {','.join(tgt)} are the same modalities; transfer needs two pairs")
@@ -68,29 +91,29 @@ def plan_study(
     for seed in seeds:
         pre = _variant(base, src, seed, freeze=0)
         pre.train.epochs = pretrain_epochs
-        pretrain = StudyRun("pretrain", seed, pre)
+        pre.train.unfreeze_after = None
+        pretrain = StudyRun("pretrain", seed, pre).place(study)
         runs.append(pretrain)
-        extra = (["--unfreeze-after", str(unfreeze_after)] if unfreeze_after else []) + (
-            ["--first-conv", first_conv] if first_conv else [])
-        for k in depths:
-            runs.append(StudyRun("finetune", seed, _variant(base, tgt, seed, freeze=k), k, pretrain.id, extra))
-        if head_only:
-            cfg = _variant(base, tgt, seed, freeze=0)
-            cfg.train.freeze_all_but_head = True
-            runs.append(StudyRun("finetune", seed, cfg, "head", pretrain.id, extra))
-        runs.append(StudyRun("scratch", seed, _variant(base, tgt, seed, freeze=0)))
+        for k in [*depths, *([HEAD_ONLY] if head_only else [])]:
+            tuned = _variant(base, tgt, seed, freeze=k)
+            tuned.train.first_conv = base.train.first_conv
+            runs.append(StudyRun("finetune", seed, tuned, pretrain).place(study))
+        scratch = _variant(base, tgt, seed, freeze=0)
+        scratch.train.unfreeze_after = None
+        runs.append(StudyRun("scratch", seed, scratch).place(study))
     for r in runs:
         r.cfg.validate()
     return runs
 
 
-def _variant(base: RunConfig, modalities: tuple[str, ...], seed: int, freeze: int) -> RunConfig:
+def _variant(base: RunConfig, modalities: tuple[str, ...], seed: int, freeze: Freeze) -> RunConfig:
     cfg = copy.deepcopy(base)
     cfg.model.modalities = modalities
     cfg.train.seed = seed
     cfg.train.freeze_depth = freeze
-    cfg.train.freeze_all_but_head = False
     cfg.train.init_from = None
+    cfg.train.first_conv = None
     cfg.train.resume = False
     cfg.train.benchmark = False
+    cfg.tags = {}
     return cfg

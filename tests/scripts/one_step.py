@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from harness.config import ModelConfig
+from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.losses import make_loss
 from harness.model import build_unet
@@ -22,7 +22,7 @@ tf.config.experimental.enable_op_determinism()
 cfg = ModelConfig(modalities=("t1", "t2"), base_filters=4, depth=2)
 crop = (16, 16, 16)
 model = build_unet(cfg, crop)
-opt = make_optimizer(1e-2, world.size, scaling=False, warmup_steps=0, amp=False)
+opt = make_optimizer(TrainConfig(lr=1e-2, lr_scaling=False), world.size, loss_scaling=False)
 opt.build(model.trainable_variables)
 distributed.broadcast_state(model.variables + optimizer_variables(opt))
 x, y = make_samples(global_batch, crop, 2, seed=3)
