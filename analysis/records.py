@@ -14,7 +14,7 @@ import pandas as pd
 from harness.record import read_record
 from harness.rundir import RECORD
 
-PATH_KEY = "_path"  # added to each loaded record: the record.json it came from
+PATH_KEY = "_path"  # added to each loaded record: the record file it came from
 
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
 # compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
@@ -25,7 +25,7 @@ SETTINGS = (
 
 
 def find_record_paths(results: str | Path) -> list[Path]:
-    """RESULTS/runs/*/record.json first, then any other */record.json below RESULTS (each file once)."""
+    """Records of RESULTS/runs/* first, then any other record below RESULTS (each file once)."""
     root = Path(results)
     seen: dict[Path, None] = {}
     for path in [*sorted(root.glob(f"runs/*/{RECORD}")), *sorted(root.rglob(RECORD))]:
@@ -52,7 +52,7 @@ def load_records(results: str | Path, warn: Callable[[str], None] | None = None)
 
 
 def run_dir(record: dict[str, Any]) -> Path | None:
-    """The folder a loaded record lives in (where profile/ and timeline.json are), else its config's `out`."""
+    """The run folder a loaded record lives in (where its profiles and timeline are), else its config's `out`."""
     if record.get(PATH_KEY):
         return Path(record[PATH_KEY]).parent
     out = (record.get("config") or {}).get("out")

@@ -16,6 +16,7 @@ import pandas as pd
 from analysis import plots, tables, transfer
 from analysis.records import load_records, run_dir
 from harness.errors import UserError
+from harness.rundir import RECORD, RunDir
 
 
 @dataclass
@@ -112,10 +113,10 @@ def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
     from analysis import traces
 
     profiled = [(r, run_dir(r)) for r in records]
-    profiled = [(r, d, traces.find_captures(d)) for r, d in profiled if d is not None and (d / "profile").is_dir()]
+    profiled = [(r, d, traces.find_captures(d)) for r, d in profiled if d is not None and RunDir(d).profile.is_dir()]
     profiled = [p for p in profiled if p[2]]
     if not profiled:
-        s.skipped = "no run with profiler captures (train --profile-steps A:B writes RUN/profile/rank<N>/)"
+        s.skipped = "no run with profiler captures (train --profile-steps A:B writes one per rank)"
         return s
     from tqdm import tqdm
 
@@ -146,7 +147,7 @@ def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
             listed = _tensorboard_check(traces, folder, captures)
             if listed:
                 s.notes.append(listed)
-            timeline = folder / "timeline.json"
+            timeline = RunDir(folder).timeline
             if timeline.is_file():
                 summary_t = traces.timeline_summary(traces.read_timeline(timeline))
                 phases.append(summary_t.phases.assign(run=name)[["run", *summary_t.phases.columns]])
@@ -180,14 +181,14 @@ def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
 
 
 def _tensorboard_check(traces: Any, folder: Path, captures: dict[int, Path]) -> str | None:
-    """A note when `tensorboard --logdir RUN/profile` would not list every rank's capture."""
+    """A note when `tensorboard --logdir` on the run's profile folder would not list every rank's capture."""
     try:
-        listed = traces.tensorboard_runs(folder / "profile")
+        listed = traces.tensorboard_runs(RunDir(folder).profile)
     except Exception as exc:  # noqa: BLE001 - a TensorBoard API change must not stop the analysis
         return f"{folder}: could not ask TensorBoard's profile plugin for its runs ({type(exc).__name__})"
     missing = [r for r in captures if not any(run.split("/")[0] == f"rank{r}" for run in listed)]
     if missing:
-        return (f"{folder / 'profile'}: TensorBoard's profile plugin does not list rank(s) {', '.join(map(str, missing))} "
+        return (f"{RunDir(folder).profile}: TensorBoard's profile plugin does not list rank(s) {', '.join(map(str, missing))} "
                 "(a rank folder needs an events file to be a TensorBoard run)")
     return None
 
@@ -200,7 +201,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
         raise UserError(f"results folder '{results}' does not exist")
     records = load_records(results, warn=warn)
     if not records:
-        raise UserError(f"'{results}' holds no readable run records (no */record.json below it)")
+        raise UserError(f"'{results}' holds no readable run records (no */{RECORD} below it)")
     out = Path(out) if out else results / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     sections = [

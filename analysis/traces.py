@@ -33,6 +33,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from harness.rundir import RunDir
+
 BUCKETS = ("compute_ms", "communication_ms", "input_ms", "other_ms")
 HOROVOD_PREFIX = "Horovod"
 _GETNEXT = re.compile(r"IteratorGetNext")
@@ -44,16 +46,14 @@ Interval = tuple[float, float]
 
 
 def find_captures(run_dir: str | Path) -> dict[int, Path]:
-    """rank -> newest RUN/profile/rank<N>/plugins/profile/<ts>/*.xplane.pb (timestamp folders sort in time order)."""
+    """rank -> its newest capture, <rank's profile folder>/plugins/profile/<ts>/*.xplane.pb (timestamp folders
+    sort in time order)."""
     found: dict[int, Path] = {}
-    for rank_dir in sorted(Path(run_dir, "profile").glob("rank*")):
-        match = re.fullmatch(r"rank(\d+)", rank_dir.name)
-        if not match:
-            continue
+    for rank, rank_dir in RunDir(run_dir).profile_ranks().items():
         files = sorted(rank_dir.glob("plugins/profile/*/*.xplane.pb"))
         if files:
-            found[int(match.group(1))] = files[-1]
-    return dict(sorted(found.items()))
+            found[rank] = files[-1]
+    return found
 
 
 def convert(xplane: str | Path, tool: str, params: dict[str, Any] | None = None) -> str:
@@ -323,7 +323,7 @@ def run_breakdown(run_dir: str | Path, progress: Any = None) -> pd.DataFrame:
         if progress is not None:
             progress.update(1)
     if not frames:
-        raise FileNotFoundError(f"{run_dir}: no profiler capture under profile/rank*/plugins/profile/")
+        raise FileNotFoundError(f"{run_dir}: no profiler capture in its per-rank profile folders")
     return pd.concat(frames, ignore_index=True)
 
 

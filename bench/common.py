@@ -23,14 +23,15 @@ def env() -> dict[str, str]:
 
 
 def train_record(np_: int, args: list[str], out: Path) -> dict:
-    """Run `bratsbench train ARGS --out OUT` on np_ ranks (horovodrun over Gloo when np_ > 1)."""
-    cmd = [sys.executable, "-m", "harness", "train", *args, "--out", str(out)]
-    if np_ > 1:
-        cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo", *cmd]
+    """Run `bratsbench train ARGS --out OUT` on np_ ranks (the project's launcher: horovodrun over Gloo when np_ > 1)."""
+    from harness.launch import launch_command
+    from harness.rundir import RunDir
+
+    cmd = launch_command(np_, [sys.executable, "-m", "harness", "train", *args, "--out", str(out)])
     result = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"run failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
-    return json.loads((out / "record.json").read_text())
+    return RunDir(out).load_record()
 
 
 def matmul_gflops_one_thread(n: int = 2048, repeats: int = 10) -> float:

@@ -50,15 +50,21 @@ def _horovodrun() -> str:
 
 
 def allocation_hosts(tasks_per_node: int) -> str:
-    """horovodrun's -H for the nodes of the current SLURM allocation ("node1:2,node2:2")."""
-    nodelist = os.environ.get("SLURM_JOB_NODELIST")
-    if not nodelist:
-        raise UserError("horovodrun inside an allocation needs SLURM_JOB_NODELIST (run it from an sbatch script)")
-    try:
-        names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               check=True, timeout=30).stdout.split()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise UserError(f"cannot expand SLURM_JOB_NODELIST {nodelist!r} with scontrol: {exc}") from None
+    """horovodrun's -H for the nodes of the current SLURM or PBS allocation ("node1:2,node2:2")."""
+    nodelist, nodefile = os.environ.get("SLURM_JOB_NODELIST"), os.environ.get("PBS_NODEFILE")
+    if nodelist:
+        try:
+            names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                   check=True, timeout=30).stdout.split()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UserError(f"cannot expand SLURM_JOB_NODELIST {nodelist!r} with scontrol: {exc}") from None
+    elif nodefile:
+        try:
+            names = list(dict.fromkeys(Path(nodefile).read_text().split()))
+        except OSError as exc:
+            raise UserError(f"PBS_NODEFILE {nodefile}: {exc.strerror}") from None
+    else:
+        raise UserError("horovodrun inside an allocation needs SLURM_JOB_NODELIST or PBS_NODEFILE (run it from a job script)")
     return ",".join(f"{name}:{tasks_per_node}" for name in names)
 
 
@@ -283,7 +289,7 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
 
 
 def blank_record(run: RunDir, np_: int) -> dict[str, Any]:
-    """A schema-1 record for a run that never wrote one, from its config.json (no TensorFlow import)."""
+    """A schema-1 record for a run that never wrote one, from its config file (no TensorFlow import)."""
     from harness.record import new_record
 
     try:
@@ -300,7 +306,7 @@ def blank_record(run: RunDir, np_: int) -> dict[str, Any]:
 
 def settle(run: RunDir, outcome: Outcome, *, np_: int = 1, annotate: dict[str, Any] | None = None,
            status: str | None = None) -> dict[str, Any]:
-    """Make record.json tell the truth about how the run ended; returns {status, exit_code, seconds, error}.
+    """Make the run record tell the truth about how the run ended; returns {status, exit_code, seconds, error}.
 
     ok only when the process exited 0 AND the trainer recorded "ok"; anything else becomes "failed" (or
     `status`, e.g. "interrupted") with exit_code, error and log_tail. `annotate` is merged into record.extra."""
@@ -340,7 +346,7 @@ def fail_unstarted(run: RunDir, error: str, *, np_: int = 1, annotate: dict[str,
 
 
 def train_args(run: RunDir) -> list[str]:
-    """`bratsbench train` of a run folder whose config.json holds the whole RunConfig."""
+    """`bratsbench train` of a run folder whose config file holds the whole RunConfig."""
     return ["train", "--config", str(run.config), "--out", str(run.path)]
 
 
@@ -357,10 +363,10 @@ def launch_train(
     annotate: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Launch `bratsbench train` for `run` (its config.json must exist), supervise it and settle its record.
+    """Launch `bratsbench train` for `run` (its config file must exist), supervise it and settle its record.
 
-    One log layout: np=1 without a launcher writes logs/rank.0/{stdout,stderr}; a launcher writes
-    logs/launcher.log (all ranks) and, where it can, logs/rank.N/. KeyboardInterrupt: the run is killed,
+    One log layout (RunDir): np=1 without a launcher writes rank 0's stdout and stderr; a launcher writes the
+    launcher log (all ranks) and, where it can, per-rank files. KeyboardInterrupt: the run is killed,
     recorded 'interrupted' and the interrupt re-raised."""
     run.reset_logs()
     run.record.unlink(missing_ok=True)  # a new attempt: an old record's error must not be reported as this one's

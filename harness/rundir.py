@@ -96,6 +96,15 @@ class RunDir:
     def profile_rank(self, rank: int) -> Path:
         return self.profile / f"rank{rank}"
 
+    def profile_ranks(self) -> dict[int, Path]:
+        """rank -> its profile folder, for the ranks that wrote one."""
+        found = {}
+        for folder in self.profile.glob("rank*"):
+            number = folder.name.removeprefix("rank")
+            if number.isdigit() and folder.is_dir():
+                found[int(number)] = folder
+        return dict(sorted(found.items()))
+
     @property
     def timeline(self) -> Path:
         return self.path / TIMELINE

@@ -93,3 +93,13 @@ def test_demo_does_not_reparse_argv_and_checkpoint_builds_no_model():
     assert not any(m in ("harness.cli",) for _, m in _imports(demo)), "demo must call the library, not cli.main"
     ckpt = ROOT / "harness" / "checkpoint.py"
     assert not any(_part(m) == "model" for _, m in _imports(ckpt)), "checkpoint must not build models"
+
+
+def test_trainer_functions_are_short():
+    """build / epoch loop / finish: no function in harness/train/ grows past 60 lines again."""
+    long = []
+    for path in _modules("harness/train"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

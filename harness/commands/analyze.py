@@ -11,12 +11,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyze",
         help="tables, plots and a report from run records: scaling, batch, freeze depth, transfer, MMD, profiles",
         description=(
-            "Read every run record below RESULTS (runs/*/record.json and any */record.json), plus RESULTS/shift/*.json "
-            "and each run's profile/ and timeline.json, and write Markdown and CSV tables, PNG figures and report.md "
+            "Read every run record below RESULTS (sweep runs first, then any other run folder), plus RESULTS/shift/*.json "
+            "and each run's profiler captures and Horovod timeline, and write Markdown and CSV tables, PNG figures and report.md "
             "into --out. A table whose inputs are missing is skipped with one line saying why."
         ),
     )
-    parser.add_argument("results", metavar="RESULTS", help="results folder holding run folders with record.json")
+    parser.add_argument("results", metavar="RESULTS", help="results folder holding run folders")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default RESULTS/analysis)")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="ops per rank in the top-ops table (default 10)")
     parser.set_defaults(func=run)

@@ -14,6 +14,7 @@ from pathlib import Path
 CROP = [32, 32, 32]  # transfer study, shift and profiled run
 SWEEP_CROP = [48, 48, 48]  # enough work per step that two ranks can show their speedup
 MODEL = {"base_filters": 8, "depth": 3}
+STAGES = 8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,25 +64,82 @@ def _run_config(store: Path, split: Path, out: Path, **train: object) -> "RunCon
     }).validate()
 
 
+def _data(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """Stages 1-3: generated cases -> store -> split (each reused when done)."""
+    from harness.data.split import default_split_path, split_store
+    from harness.data.store import open_store, prepare_store
+    from harness.data.synth import write_dataset
+
+    raw, store_dir = out / "raw", out / "store"
+    _stage(1, STAGES, f"generating {args.cases} BraTS 2020 cases at 96x96x64 voxels (2.5 mm) into {raw}")
+    if not (raw / "MICCAI_BraTS2020_TrainingData").is_dir():
+        write_dataset(raw, cases=args.cases, seed=0, shape=(96, 96, 64))
+    else:
+        print("reusing the generated cases")
+    _stage(2, STAGES, "preparing the store (z-score in the brain, crop to the brain, roi 64x64x48 at 2.5 mm)")
+    report = prepare_store(raw, store_dir, roi=(64, 64, 48), spacing=2.5)
+    print(f"store {store_dir}: {len(report.prepared)} prepared, {len(report.reused)} unchanged, {len(report.skipped)} skipped")
+    _stage(3, STAGES, "patient-level split, stratified by grade")
+    store = open_store(store_dir)
+    split = default_split_path(store, 0)
+    if not split.exists():
+        split_store(store, seed=0, val=0.2, test=0.2, stratify="grade").save(split)
+    return store_dir, split
+
+
+def _sweep(store: Path, split: Path, out: Path, results: Path, max_np: int) -> bool:
+    import yaml
+
+    from harness.sweep.runner import run_sweep
+    from harness.sweep.spec import load_spec
+
+    spec_path = out / "sweep.yaml"
+    spec_path.write_text(yaml.safe_dump(_sweep_spec(store, split, max_np), sort_keys=False))
+    t = _stage(4, STAGES, f"scaling x freeze-depth sweep ({spec_path}), benchmark mode, resumable")
+    ok = run_sweep(load_spec(spec_path), results / "sweep") == 0
+    print(f"sweep: {time.perf_counter() - t:.0f} s")
+    return ok
+
+
+def _transfer(store: Path, split: Path, results: Path, seeds: int):
+    from analysis.transfer import write_comparison
+    from harness.transfer.study import StudyOptions, run_study
+
+    t = _stage(5, STAGES, f"transfer study: pre-train flair,t1ce -> fine-tune t1,t2 at k = 0, 2, 4 vs scratch, {seeds} seed(s)")
+    study_dir = results / "transfer"
+    base = _run_config(store, split, study_dir, batch_size=2, epochs=5, steps_per_epoch=8)
+    study = run_study(base, StudyOptions(seeds=seeds, timeout_s=1800), study_dir)
+    _, files = write_comparison(study.records, study_dir)
+    print("\n".join(str(f) for f in files))
+    print(f"transfer: {time.perf_counter() - t:.0f} s")
+    return study
+
+
+def _profiled(store: Path, split: Path, results: Path, np_: int) -> bool:
+    from harness import launch
+    from harness.rundir import RunDir
+
+    _stage(7, STAGES, "one profiled 2-rank run: TensorFlow profiler on every rank and a Horovod timeline")
+    profiled = RunDir(results / "profiled")
+    ok = True
+    if profiled.status() != "ok":
+        cfg = _run_config(store, split, profiled.path, batch_size=2, benchmark=True, bench_warmup=3, bench_steps=8,
+                          profile_steps=[4, 7], timeline=True)
+        cfg.model.modalities = ("t1", "t2")
+        profiled.create().write_config(cfg.validate().to_dict())
+        ok = launch.launch_train(profiled, min(2, np_), timeout_s=1800)["status"] == "ok"
+    print(f"tensorboard --logdir {profiled.profile}   # one run per rank")
+    return ok
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    import yaml
-
     from analysis.report import build_report
-    from analysis.transfer import write_comparison
-    from harness import launch
     from harness.commands.analyze import print_report
-    from harness.data.split import default_split_path, split_store
-    from harness.data.store import open_store, prepare_store
-    from harness.data.synth import write_dataset
     from harness.errors import UserError
-    from harness.rundir import RunDir
     from harness.shift.study import ShiftOptions, run_shift
-    from harness.sweep.runner import run_sweep
-    from harness.sweep.spec import load_spec
-    from harness.transfer.study import StudyOptions, run_study
 
     if args.cases < 6:
         raise UserError(f"--cases {args.cases}: the demo needs at least 6 cases for train/val/test")
@@ -90,58 +148,22 @@ def run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = Path(args.out).resolve()
-    raw, store_dir, results = out / "raw", out / "store", out / "results"
-    n, t0 = 8, time.perf_counter()
+    results = out / "results"
+    t0 = time.perf_counter()
     failures: list[str] = []
-
-    _stage(1, n, f"generating {args.cases} BraTS 2020 cases at 96x96x64 voxels (2.5 mm) into {raw}")
-    if not (raw / "MICCAI_BraTS2020_TrainingData").is_dir():
-        write_dataset(raw, cases=args.cases, seed=0, shape=(96, 96, 64))
-    else:
-        print("reusing the generated cases")
-    _stage(2, n, "preparing the store (z-score in the brain, crop to the brain, roi 64x64x48 at 2.5 mm)")
-    report = prepare_store(raw, store_dir, roi=(64, 64, 48), spacing=2.5)
-    print(f"store {store_dir}: {len(report.prepared)} prepared, {len(report.reused)} unchanged, {len(report.skipped)} skipped")
-    _stage(3, n, "patient-level split, stratified by grade")
-    store = open_store(store_dir)
-    split = default_split_path(store, 0)
-    if not split.exists():
-        split_store(store, seed=0, val=0.2, test=0.2, stratify="grade").save(split)
-
-    spec_path = out / "sweep.yaml"
-    spec_path.write_text(yaml.safe_dump(_sweep_spec(store_dir, split, args.np), sort_keys=False))
-    t = _stage(4, n, f"scaling x freeze-depth sweep ({spec_path}), benchmark mode, resumable")
-    if run_sweep(load_spec(spec_path), results / "sweep") != 0:
+    store, split = _data(args, out)
+    if not _sweep(store, split, out, results, args.np):
         failures.append("sweep")
-    print(f"sweep: {time.perf_counter() - t:.0f} s")
-
-    t = _stage(5, n, f"transfer study: pre-train flair,t1ce -> fine-tune t1,t2 at k = 0, 2, 4 vs scratch, {args.seeds} seed(s)")
-    study_dir = results / "transfer"
-    base = _run_config(store_dir, split, study_dir, batch_size=2, epochs=5, steps_per_epoch=8)
-    study = run_study(base, StudyOptions(seeds=args.seeds, timeout_s=1800), study_dir)
-    _, files = write_comparison(study.records, study_dir)
-    print("\n".join(str(f) for f in files))
+    study = _transfer(store, split, results, args.seeds)
     if study.failed:
         failures.append("transfer")
-    print(f"transfer: {time.perf_counter() - t:.0f} s")
-
-    _stage(6, n, "domain shift: MMD between flair+t1ce and t1+t2 (patches and the pre-trained bottleneck)")
+    _stage(6, STAGES, "domain shift: MMD between flair+t1ce and t1+t2 (patches and the pre-trained bottleneck)")
     pretrain = next((r.run_dir for r in study.runs if r.role == "pretrain" and r.run_dir.finished()), None)
-    run_shift(ShiftOptions(store=str(store_dir), split=str(split), per_case=150, out=str(results / "shift"),
+    run_shift(ShiftOptions(store=str(store), split=str(split), per_case=150, out=str(results / "shift"),
                            run=str(pretrain.path) if pretrain else None))
-
-    _stage(7, n, "one profiled 2-rank run: TensorFlow profiler on every rank and a Horovod timeline")
-    profiled = RunDir(results / "profiled")
-    if profiled.status() != "ok":
-        cfg = _run_config(store_dir, split, profiled.path, batch_size=2, benchmark=True, bench_warmup=3, bench_steps=8,
-                          profile_steps=[4, 7], timeline=True)
-        cfg.model.modalities = ("t1", "t2")
-        profiled.create().write_config(cfg.validate().to_dict())
-        if launch.launch_train(profiled, min(2, args.np), timeout_s=1800)["status"] != "ok":
-            failures.append("profiled run")
-    print(f"tensorboard --logdir {profiled.profile}   # one run per rank")
-
-    _stage(8, n, f"analysis of {results}")
+    if not _profiled(store, split, results, args.np):
+        failures.append("profiled run")
+    _stage(8, STAGES, f"analysis of {results}")
     print_report(*build_report(results))
     print(f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; everything is under {out}")
     if failures:

@@ -11,10 +11,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="per-case and per-region (ET/TC/WT) Dice, HD95, sensitivity, specificity, precision, IoU of a run",
         description="Evaluate a run's latest checkpoint by whole-volume sliding-window inference on the store grid "
-        "(HD95 in mm with the store's voxel spacing, BraTS empty-mask convention). Writes RUN/eval-<subset>.json and "
+        "(HD95 in mm with the store's voxel spacing, BraTS empty-mask convention). Writes the per-case metrics into the run folder and "
         "adds the summary to the run record under metrics.<subset>.",
     )
-    p.add_argument("--run", required=True, help="run folder (holds record.json and checkpoints/)")
+    p.add_argument("--run", required=True, help="run folder of a finished training run")
     p.add_argument("--subset", choices=("val", "test", "train"), default="test", help="split subset (default test)")
     p.add_argument("--store", default=None, help="store to read (default: the run's)")
     p.add_argument("--split", default=None, help="split file (default: the run's)")

@@ -118,12 +118,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out")
     g.add_argument("--validate-every", type=int, default=None, help="validate every N epochs (default 1)")
     g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A:B",
-                   help="TensorFlow profiler trace of steps A..B on every rank into OUT/profile/rank<N>")
+                   help="TensorFlow profiler trace of steps A..B on every rank, one TensorBoard run per rank under OUT")
     # not --timeline: horovodrun would reject it as an ambiguous abbreviation of its own --timeline-* options
     g.add_argument("--hvd-timeline", dest="timeline", action="store_true", default=None,
-                   help="Horovod timeline of the profiled steps (OUT/timeline.json)")
+                   help="Horovod timeline of the profiled steps, in OUT")
     p.add_argument("--config", default=None, help="run config JSON (as in a run record's 'config'); flags override it")
-    p.add_argument("--out", default=None, help="run folder (record.json, checkpoints/, profile/)")
+    p.add_argument("--out", default=None, help="run folder (run record, checkpoints, logs, profiles)")
     p.add_argument("--name", default=None, help="a label stored in the run record")
     p.add_argument("--extra", default=None, metavar="JSON",
                    help="JSON object of labels stored under 'extra' in the run record (RunConfig.tags)")
@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train (or benchmark) the 3D U-Net; run under horovodrun -np N for data parallelism",
         description="Train the 3D U-Net on a prepared store or generated tensors. Under horovodrun/mpirun/srun every "
-        "process is one rank; rank 0 writes checkpoints, the progress bar and OUT/record.json.",
+        "process is one rank; rank 0 writes checkpoints, the progress bar and the run record in OUT.",
     )
     add_run_arguments(p)
     p.set_defaults(func=run)

@@ -32,7 +32,7 @@ def default_first_conv(src_channels: int, tgt_channels: int) -> str:
 def check_pretrained(path: str | Path, cfg: ModelConfig, first_conv: str | None) -> dict[str, Any]:
     """Validate before any work: the checkpoint exists and matches everything but the input channels.
 
-    Returns the checkpoint's model.json (signature and modalities)."""
+    Returns the checkpoint's signature file (architecture and modalities)."""
     check_compatible(path, cfg, ignore=("in_channels",))
     info = read_signature(path)
     src_c = info["signature"]["in_channels"]

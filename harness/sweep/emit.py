@@ -3,7 +3,7 @@
 A job array has one resource shape, so runs are grouped by np: one array script per (pre-training | runs, np),
 one array task per run. Each task finds its run in manifest.tsv by its array index and calls
 `python -m harness.sweep.runner run-task`, which does what the local runner does for one run (skip if ok, fail
-if the pre-training failed, write config.json, launch with srun / mpirun / horovodrun through `harness.launch`
+if the pre-training failed, write the run's config, launch with srun / mpirun / horovodrun through `harness.launch`
 under the sweep's timeout, settle the record). submit.sh submits the pre-training arrays first and the
 run arrays with --dependency=afterok (PBS: -W depend=afterok).
 

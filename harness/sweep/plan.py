@@ -2,7 +2,7 @@
 
 The run ID is `harness.record.run_id` of the RunConfig's identity (without `out`, `name` and `tags`) plus np. A
 transfer run's `train.init_from` is planned as "run:<pre-training run ID>" and resolved into that run's
-checkpoint folder only when its config.json is written (`config_for`), so IDs do not depend on where results
+checkpoint folder only when its config file is written (`config_for`), so IDs do not depend on where results
 live and change whenever anything that defines the run changes.
 """
 

@@ -1,12 +1,12 @@
 """Run a planned sweep on this machine, one run after another, and settle every run's record.
 
-Each run gets RESULTS/runs/<run_id>/ (a RunDir: config.json, logs/, record.json written by the trainer). Launching,
+Each run gets RESULTS/runs/<run_id>/ (a RunDir: config, logs, the record written by the trainer). Launching,
 supervision and settling live in `harness.launch`; this module adds the sweep's index (sweep.json), the
 dependency rule (a transfer run needs its pre-training ok) and resumability: runs already "ok" are skipped, so
 a second `sweep run` finishes only what is missing.
 
 Also the entry point of cluster array tasks: `python -m harness.sweep.runner run-task` does in one allocation
-what `run_one` does locally (skip if ok, fail if the pre-training failed, write config.json, launch with
+what `run_one` does locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
 srun/mpirun/horovodrun under the sweep's timeout, settle).
 """
 
@@ -44,7 +44,7 @@ def sweep_info(run: PlannedRun, sweep: str) -> dict[str, Any]:
 
 
 def prepare_run_dir(run: PlannedRun, results: Path) -> RunDir:
-    """config.json with `out` = this folder and `init_from` resolved into the pre-training run's folder."""
+    """The run's config file, with `out` = this folder and `init_from` resolved into the pre-training run's folder."""
     folder = run_dir(results, run).create()
     folder.write_config(run.config_for(folder.path, results).to_dict())
     return folder

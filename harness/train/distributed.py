@@ -87,10 +87,3 @@ def broadcast_state(variables: Sequence[tf.Variable]) -> None:
 
     if hvd.size() > 1:
         hvd.broadcast_variables(list(variables), root_rank=0)
-
-
-def barrier() -> None:
-    import horovod.tensorflow as hvd
-
-    if hvd.size() > 1:
-        hvd.allreduce(tf.constant(0.0), name="barrier")

@@ -1,6 +1,6 @@
 """Profiler and Horovod-timeline capture for a window of steps A..B (inclusive), on every rank.
 
-Each rank writes its own TensorBoard profile log directory, RUN/profile/rank<N>, because two ranks on one
+Each rank writes its own TensorBoard profile log directory (RunDir.profile_rank), because two ranks on one
 host would otherwise write the same `<host>.xplane.pb` and overwrite each other; `tensorboard --logdir
 RUN/profile` then lists every rank as its own run. Each step is wrapped in a `Trace(step_num=...)` so the
 profile plugin's step views find their markers.

@@ -49,7 +49,7 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run one training (or benchmark) run and return its record (written by rank 0 to RUN/record.json)."""
+    """Run one training (or benchmark) run and return its record (written by rank 0 into the run folder)."""
     preflight(cfg)
     world = distributed.init(cfg.train.threads, cfg.train.timeline)
     writer = RunWriter(world, RunDir(cfg.out))
