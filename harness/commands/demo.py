@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--cases {args.cases}: the demo needs at least 6 cases for train/val/test")
     if args.np < 1 or args.seeds < 1:
         raise UserError("--np and --seeds must be at least 1")
-    out = Path(args.out).resolve()
+    from harness.outdir import ensure_output_dir
+
+    out = ensure_output_dir(args.out).resolve()
     raw, store, results = out / "raw", out / "store", out / "results"
     split = store / "split-seed0.json"
     n, t0 = 8, time.perf_counter()

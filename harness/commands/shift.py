@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.data.store import open_store
     from harness.errors import UserError
     from harness.modalities import parse_modalities
+    from harness.outdir import ensure_output_dir
     from harness.record import atomic_write_json
     from harness.shift import permutation_test
     from harness.shift.features import sample_patches
@@ -59,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"source {','.join(source)} and target {','.join(target)} are the same modalities")
     if args.patch < 1 or args.patch % 2 == 0:
         raise UserError(f"--patch {args.patch} must be a positive odd number")
+    out = ensure_output_dir(args.out)
     store = open_store(Path(args.store))
     store.check_modalities(source + target)
     ids = list(getattr(load_split(Path(args.split), store), args.subset))
     if len(ids) < 2:
         raise UserError(f"split subset '{args.subset}' has {len(ids)} case(s); need at least 2")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     mods = tuple(dict.fromkeys(source + target))
     patches = sample_patches(store, ids, mods, patch=args.patch, per_case=args.per_case, seed=args.seed)
     n_max = args.max_samples

@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--extra must be a JSON object")
     if args.unfreeze_after is not None and args.unfreeze_after < 1:
         raise UserError(f"--unfreeze-after {args.unfreeze_after} must be at least 1 epoch")
+    from harness.outdir import ensure_output_dir
+
+    ensure_output_dir(cfg.out)  # every rank: exist_ok, and each probe file has its own name
     from harness.train.trainer import train
 
     record = train(cfg, first_conv=args.first_conv, unfreeze_after=args.unfreeze_after, extra=extra)

@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     runs = plan_study(base, args.source, args.target, depths, list(range(args.seeds)),
                       pretrain_epochs=args.pretrain_epochs or base.train.epochs, head_only=args.head_only,
                       unfreeze_after=args.unfreeze_after, first_conv=args.first_conv)
+    from harness.outdir import ensure_output_dir
+
+    ensure_output_dir(out)
     # the source store must hold both modality sets before anything runs
     from harness.data.split import load_split
     from harness.data.store import open_store
