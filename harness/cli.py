@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness import __version__
 from harness.commands import COMMANDS
-from harness.errors import UserError, os_error_line
+from harness.errors import UserError, os_error_line, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"bratsbench: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("bratsbench: interrupted", file=sys.stderr)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = os_error_line(exc)
         if line is None:
             raise
-        print(f"bratsbench: error: {line}", file=sys.stderr)
+        print_error(line)
         return 1
 
 

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,11 @@ class UserError(Exception):
 
     The message must be one line and name the offending file or value and what is wrong with it.
     """
+
+
+def print_error(message: str) -> None:
+    """The CLI's one error line on stderr (also for a command that fails without raising)."""
+    print(f"bratsbench: error: {message}", file=sys.stderr)
 
 
 # errors whose cause is space: the free space left is then part of the message

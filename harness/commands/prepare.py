@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the store holds the cases (prepared now or unchanged), 1 when every case was skipped."""
     from harness.data.store import MANIFEST, prepare_store
-    from harness.errors import UserError
+    from harness.errors import UserError, print_error
     from harness.modalities import MODALITIES, parse_modalities
     from harness.outdir import ensure_output_dir
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  skipped: {reason}", file=sys.stderr)
     if report.skipped and not (report.prepared or report.reused):
         # nothing to train on: a script must not go on as if the store were ready
-        print(f"bratsbench: error: no case could be prepared: all {len(report.skipped)} skipped (reasons above "
-              f"and under \"skipped\" in {Path(args.out) / MANIFEST})", file=sys.stderr)
+        print_error(f"no case could be prepared: all {len(report.skipped)} skipped (reasons above "
+                    f"and under \"skipped\" in {Path(args.out) / MANIFEST})")
         return 1
     return 0  # CSV warnings were already logged by prepare_store

@@ -36,9 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.data.synth import write_dataset
-    from harness.outdir import ensure_output_dir
 
-    ensure_output_dir(args.out)
     train = write_dataset(args.out, cases=args.cases, seed=args.seed, year=args.year, validation=args.validation,
                           gzip=args.gzip, shape=tuple(args.shape) if args.shape else None,
                           first_id=args.first_id, workers=args.workers)

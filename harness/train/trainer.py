@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from harness.checkpoint import check_compatible, checkpoint_dir, write_signature
+from harness.checkpoint import check_compatible, checkpoint_dir, save_checkpoint, write_signature
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.losses import make_loss
@@ -190,7 +190,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if world.is_root and tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0:
-                manager.save(checkpoint_number=global_step)
+                save_checkpoint(manager, global_step)
         if bar is not None:
             bar.close()
         epoch_var.assign(epoch + 1)
@@ -210,7 +210,7 @@ def _train(cfg: RunConfig, world: distributed.World, run_dir: Path, record: dict
         record["history"].append(entry)
         if world.is_root:
             if not tcfg.benchmark:
-                manager.save(checkpoint_number=global_step)
+                save_checkpoint(manager, global_step)
             atomic_write_json(run_dir / RECORD_NAME, record)
             print(_epoch_line(entry), file=sys.stderr, flush=True)
     profiler.close()
