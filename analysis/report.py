@@ -16,6 +16,7 @@ import pandas as pd
 from analysis import plots, tables, transfer
 from analysis.records import load_records, run_dir
 from harness.errors import UserError
+from harness.outdir import ensure_output_dir
 from harness.rundir import RECORD, RunDir
 
 
@@ -202,8 +203,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
     records = load_records(results, warn=warn)
     if not records:
         raise UserError(f"'{results}' holds no readable run records (no */{RECORD} below it)")
-    out = Path(out) if out else results / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
     sections = [
         scaling_section(records, out),
         batch_section(records, out),

@@ -7,13 +7,15 @@ reported as one line before any work instead of a shape error deep inside Tensor
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
 from harness.config import ModelConfig, model_signature
-from harness.errors import UserError
+from harness.errors import UserError, as_os_error
 from harness.record import atomic_write_json
 from harness.rundir import SIGNATURE
 
@@ -21,6 +23,46 @@ from harness.rundir import SIGNATURE
 
 def write_signature(ckpt_dir: Path, cfg: ModelConfig) -> None:
     atomic_write_json(Path(ckpt_dir) / SIGNATURE, {"signature": model_signature(cfg), "modalities": list(cfg.modalities)})
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """`manager.save(checkpoint_number=step)` that leaves the whole checkpoint or nothing of it.
+
+    A save that fails part-way (disk full, Ctrl-C) leaves `ckpt-N_temp/`, maybe `ckpt-N.*` or a
+    `checkpoint.tmp*` state file; they are removed, so `tf.train.latest_checkpoint` (and `--resume`) still find
+    the previous complete checkpoint. The error is re-raised as an OSError naming ckpt-N (a TensorFlow error
+    carries no errno), which the CLI prints as one line.
+    """
+    prefix = f"{getattr(manager, '_prefix', os.path.join(manager.directory, 'ckpt'))}-{int(step)}"
+    try:
+        return manager.save(checkpoint_number=step)
+    except BaseException as exc:
+        if not _is_recorded(manager.directory, prefix):  # else only the sweep of old checkpoints failed
+            _remove_partial(prefix)
+        err = as_os_error(exc, prefix)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def _is_recorded(directory: str, prefix: str) -> bool:
+    """True when the `checkpoint` state file already names `prefix` (its files were all written)."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError):  # a state file that does not parse names nothing
+        return False
+    return state is not None and os.path.basename(state.model_checkpoint_path) == os.path.basename(prefix)
+
+
+def _remove_partial(prefix: str) -> None:
+    folder, name = Path(prefix).parent, Path(prefix).name
+    leftovers = [*folder.glob(f"{name}_temp*"), folder / f"{name}.index", *folder.glob(f"{name}.data-*"),
+                 *folder.glob("checkpoint.tmp*")]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def read_signature(path: str | Path) -> dict[str, Any]:
@@ -57,8 +99,3 @@ def resolve(path: str | Path) -> str:
             raise UserError(f"checkpoint directory '{path}' holds no checkpoint")
         return latest
     return str(path)
-
-
-def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
-    """Save checkpoint number `step` (rank 0 only)."""
-    return manager.save(checkpoint_number=step)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness import __version__
 from harness.commands import COMMANDS
-from harness.errors import UserError
+from harness.errors import UserError, os_error_line, print_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure the user can act on ends as one `bratsbench: error: ...` line.
+
+    Exit 2: bad input (UserError, raised before or during the work). Exit 1: the system refused an operation
+    mid-work (an OSError, or a TensorFlow error wrapping one: disk full, permission denied), printed as
+    `<path>: <strerror> (<free space> left)`; the input was fine and the same command can succeed once the
+    cause is fixed, which is what 1 ("the run failed", as in the run record's exit_code) says. 130: Ctrl-C.
+    Anything else is a bug and keeps its traceback.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of user output
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,11 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"bratsbench: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("bratsbench: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only OS errors are reported here; the rest re-raise
+        line = os_error_line(exc)
+        if line is None:
+            raise
+        print_error(line)
+        return 1
 
 
 if __name__ == "__main__":

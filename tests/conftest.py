@@ -37,6 +37,12 @@ def run(cmd: list[str], timeout: int = 600, check: bool = True, **kw) -> subproc
     return result
 
 
+def shown_lines(stream: str) -> list[str]:
+    """The non-blank lines a terminal would show: a progress bar that cleared itself (with \\r) is gone."""
+    shown = (line.rsplit("\r", 1)[-1] for line in stream.split("\n"))
+    return [line for line in shown if line.strip()]
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `bratsbench ARGS` in-process; returns (exit code, stdout, stderr)."""

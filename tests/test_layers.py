@@ -1,6 +1,6 @@
 """The package's layer order, read from its imports (ast): a module imports only from its own layer or below.
 
-    base:     errors, modalities, config, record, rundir, metrics, inference
+    base:     errors, outdir, modalities, config, record, rundir, metrics, inference
     data:     data/, checkpoint
     model:    model/, losses
     train:    train/
@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("base", {"errors", "modalities", "config", "record", "rundir", "metrics", "inference", "__init__"}),
+    ("base", {"errors", "outdir", "modalities", "config", "record", "rundir", "metrics", "inference", "__init__"}),
     ("data", {"data", "checkpoint"}),
     ("model", {"model", "losses"}),
     ("train", {"train"}),

@@ -15,6 +15,7 @@ from harness.data.loader import find_cases, read_clinical
 from harness.data.validate import read_case, validate_case
 from harness.errors import UserError
 from harness.modalities import MODALITIES
+from tests.conftest import shown_lines
 
 SHAPE = (24, 24, 16)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 23], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -234,6 +235,49 @@ def test_label_value_outside_brats_set(tmp_path, bad_value):
     label[label == 2] = bad_value
     nib.save(nib.Nifti1Image(label, AFFINE), str(path))
     assert_only_bad(problems_by_case(root), "BraTS20_Training_001", f"[{bad_value}]", "label values")
+
+
+def _float_label(root: Path, case_id: str, change) -> Path:
+    """Rewrite a case's label as float32 after `change(label)`; returns the label file."""
+    path = root / case_id / f"{case_id}_seg.nii.gz"
+    label = np.asarray(nib.load(str(path)).dataobj).astype(np.float32)
+    change(label)
+    nib.save(nib.Nifti1Image(label, AFFINE), str(path))
+    return path
+
+
+@pytest.mark.parametrize("bad, shown", [([1.5], "[1.5]"), ([0.25, 3.999], "[0.25, 3.999]"),
+                                        ([0.5, 1.5, 2.5, 3.5], "[0.5, 1.5, 2.5, ... (4 distinct)]")])
+def test_non_integer_float_label_is_a_problem_not_rounded(tmp_path, bad, shown):
+    root = training_set(tmp_path / "d", 3)
+
+    def change(label):
+        tumour = np.flatnonzero(label)
+        label.flat[tumour[: len(bad)]] = bad
+
+    path = _float_label(root, "BraTS20_Training_002", change)
+    problems = problems_by_case(root)
+    assert_only_bad(problems, "BraTS20_Training_002", f"label file {path.name} has non-integer values {shown}",
+                    f"in {len(bad)} voxel")
+
+
+def test_integral_float_label_is_accepted(tmp_path):
+    root = training_set(tmp_path / "d", 1)
+    _float_label(root, "BraTS20_Training_001", lambda label: None)
+    (case,) = find_cases(root)
+    data, problems = read_case(case, MODALITIES)
+    assert problems == [] and data.label.dtype == np.uint8 and set(np.unique(data.label)) == {0, 1, 2, 4}
+
+
+def test_prepare_strict_stops_at_non_integer_label_with_one_line(tmp_path, cli):
+    root = training_set(tmp_path / "MICCAI_BraTS2020_TrainingData", 2)
+    _float_label(root, "BraTS20_Training_001", lambda label: label.__setitem__(label == 2, 1.5))
+    code, out, err = cli("prepare", "--data", str(tmp_path), "--out", str(tmp_path / "store"), "--roi", "16", "16", "16",
+                         "--workers", "1", "--strict")
+    assert code == 2 and out == "" and "Traceback" not in err
+    (line,) = shown_lines(err)
+    assert line.startswith("bratsbench: error: case BraTS20_Training_001: label file BraTS20_Training_001_seg.nii.gz "
+                           "has non-integer values [1.5]") and line.endswith("stopped by --strict")
 
 
 def test_nan_voxels(tmp_path):

@@ -239,8 +239,10 @@ def test_cli_prepare_skips_and_lists_bad_case(data, tmp_path, capsys):
     bad.write_bytes(bad.read_bytes()[:200])
     argv = ["prepare", "--data", str(data), "--out", str(tmp_path / "s"), "--roi", "16", "16", "16", "--workers", "1"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "2 prepared" in out and "1 skipped" in out and "BraTS20_Training_002" in out
+    captured = capsys.readouterr()
+    assert "2 prepared" in captured.out and "1 skipped" in captured.out and "BraTS20_Training_002" not in captured.out
+    (skip_line,) = [line for line in captured.err.splitlines() if "skipped:" in line]
+    assert "BraTS20_Training_002" in skip_line and "flair" in skip_line
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["format"] == "bratsbench-store" and manifest["version"] == 1 and manifest["roi"] == [16, 16, 16]
     assert sorted(manifest["cases"]) == ["BraTS20_Training_001", "BraTS20_Training_003"]
@@ -259,3 +261,28 @@ def test_store_inside_the_data_folder_is_not_read_as_cases(data):
     prep(data, data / "store")
     report = prep(data, data / "store")
     assert report.prepared == [] and len(report.reused) == 3 and report.skipped == {}
+
+
+def test_cli_prepare_that_prepares_nothing_fails_with_sorted_reasons_on_stderr(tmp_path, capsys):
+    root = training_set(tmp_path / "raw" / "MICCAI_BraTS2020_TrainingData", 3)
+    for i in (3, 1, 2):
+        path = root / f"BraTS20_Training_00{i}" / f"BraTS20_Training_00{i}_seg.nii.gz"
+        label = np.asarray(nib.load(str(path)).dataobj).copy()
+        label[label == 2] = 5
+        nib.save(nib.Nifti1Image(label, AFFINE), str(path))
+    store = tmp_path / "s"
+    code = main(["prepare", "--data", str(tmp_path / "raw"), "--out", str(store), "--roi", "16", "16", "16", "--workers", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.strip() == f"store {store}: 0 prepared, 0 unchanged, 3 skipped, 0 removed"  # the reasons are not here
+    reasons = [line for line in err.splitlines() if "skipped:" in line]
+    assert [r.split()[2].rstrip(":") for r in reasons] == ["BraTS20_Training_001", "BraTS20_Training_002", "BraTS20_Training_003"]
+    assert all("label values [5]" in r for r in reasons)
+    (summary,) = [line for line in err.splitlines() if line.startswith("bratsbench: error:")]
+    assert "no case could be prepared" in summary and str(store / "manifest.json") in summary
+    assert err.rstrip().endswith(summary)  # the last word, after the reasons
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["cases"] == {} and list(manifest["skipped"]) == sorted(manifest["skipped"])
+    assert manifest["skipped"] == {r.split()[2].rstrip(":"): [r.split("skipped: ", 1)[1]] for r in reasons}
+    # a re-run retries the skipped cases: still bad, still nothing prepared
+    assert main(["prepare", "--data", str(tmp_path / "raw"), "--out", str(store), "--roi", "16", "16", "16", "--workers", "1"]) == 1

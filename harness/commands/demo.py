@@ -145,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--cases {args.cases}: the demo needs at least 6 cases for train/val/test")
     if args.np < 1 or args.seeds < 1:
         raise UserError("--np and --seeds must be at least 1")
+    from harness.outdir import ensure_output_dir
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    out = Path(args.out).resolve()
+    out = ensure_output_dir(args.out).resolve()
     results = out / "results"
     t0 = time.perf_counter()
     failures: list[str] = []

@@ -41,6 +41,7 @@ def format_summary(summary: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from harness.model.pretrained import load_run_model
+    from harness.outdir import ensure_output_dir
     from harness.record import atomic_write_json
     from harness.rundir import RunDir
     from harness.train import distributed
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     world = distributed.init()  # before any TensorFlow work: it fixes the thread pools
     model, cfg = load_run_model(args.run)
+    ensure_output_dir(args.run, what="--run")  # eval-<subset>.json and the record are written there
     if args.store:
         cfg.data.store, cfg.data.synthetic = args.store, False
     if args.split:

@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.metrics import to_brats_labels
     from harness.model.pretrained import load_run_model
 
+    from harness.outdir import ensure_output_dir
     from harness.train import distributed
 
+    out = ensure_output_dir(args.out)
     distributed.init()
     model, cfg = load_run_model(args.run)
     if cfg.data.store is None:
@@ -52,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         cases = [c for c in cases if c.case_id in wanted]
     if not cases:
         raise UserError(f"no BraTS cases found under '{args.data}'")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for case in tqdm(cases, desc="predict", unit="case"):
         data, problems = read_case(case, cfg.model.modalities, need_label=False)

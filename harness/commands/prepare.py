@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.data.store import prepare_store
-    from harness.errors import UserError
+    """Exit 0 when the store holds the cases (prepared now or unchanged), 1 when every case was skipped."""
+    from harness.data.store import MANIFEST, prepare_store
+    from harness.errors import UserError, print_error
     from harness.modalities import MODALITIES, parse_modalities
+    from harness.outdir import ensure_output_dir
 
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: need at least 1")
     modalities = parse_modalities(",".join(args.modalities)) if args.modalities else MODALITIES
+    ensure_output_dir(args.out)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     report = prepare_store(
@@ -58,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
         f"store {args.out}: {len(report.prepared)} prepared, {len(report.reused)} unchanged, "
         f"{len(report.skipped)} skipped, {len(report.removed)} removed"
     )
-    for reasons in report.skipped.values():
-        for reason in reasons:
-            print(f"  skipped: {reason}")
+    sys.stdout.flush()  # the summary before the reasons, when both streams go to one terminal or file
+    for case_id in sorted(report.skipped):  # workers finish in any order; the reasons read by case
+        for reason in report.skipped[case_id]:
+            print(f"  skipped: {reason}", file=sys.stderr)
+    if report.skipped and not (report.prepared or report.reused):
+        # nothing to train on: a script must not go on as if the store were ready
+        print_error(f"no case could be prepared: all {len(report.skipped)} skipped (reasons above "
+                    f"and under \"skipped\" in {Path(args.out) / MANIFEST})")
+        return 1
     return 0  # CSV warnings were already logged by prepare_store

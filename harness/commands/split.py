@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,10 +33,13 @@ def run(args: argparse.Namespace) -> int:
 
     from harness.data.split import default_split_path, split_store
     from harness.data.store import open_store
+    from harness.outdir import ensure_output_dir
 
     store = open_store(args.store)
+    path = Path(args.out) if args.out else default_split_path(store, args.seed)
+    ensure_output_dir(path.parent, what="folder of --out" if args.out else "store")
     split = split_store(store, seed=args.seed, val=args.val, test=args.test, stratify=args.stratify)
-    path = split.save(args.out or default_split_path(store, args.seed))
+    path = split.save(path)
     counts = []
     for subset in ("train", "val", "test"):
         ids = split.subset(subset)

@@ -60,12 +60,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_table(runs))
         return 0
+    from harness.outdir import ensure_output_dir
+
     if args.sweep_command == "run":
         from harness.sweep.runner import run_sweep
 
+        if not args.dry_run:
+            ensure_output_dir(args.out)
         return run_sweep(spec, args.out, only=args.only, dry_run=args.dry_run)
     from harness.sweep.emit import EmitOptions, emit
 
+    ensure_output_dir(args.out)
     opts = EmitOptions(
         scheduler=args.scheduler,
         results=Path(args.results) if args.results else None,

@@ -13,6 +13,7 @@ so an interrupted `prepare` leaves a valid store that the next run completes.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -39,7 +40,7 @@ from harness.data.preprocess import (  # noqa: F401 - re-exported: the store's p
     to_original_geometry,
 )
 from harness.data.validate import read_case
-from harness.errors import UserError
+from harness.errors import UserError, naming
 from harness.modalities import MODALITIES, parse_modalities
 
 log = logging.getLogger(__name__)
@@ -55,31 +56,51 @@ _MANIFEST_EVERY_S = 1.0  # an interrupt loses at most this much finished work fr
 
 
 def _atomic_json(path: Path, payload: dict) -> None:
+    """Replace `path` whole or not at all; a failed write (disk full) leaves the old file and no temporary."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with naming(path), open(tmp, "w") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save through Python's file write: numpy's own writer reports a full disk as "32768 requested and
+    24544 written" with no errno, Python's raises ENOSPC, which names the cause."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    with naming(path), open(path, "wb") as fh:
+        fh.write(buffer.getbuffer())
 
 
 def _write_case(cases_dir: Path, case_id: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write into a temporary folder, then swap it in, so no half-written case is ever visible."""
+    """Write into a temporary folder, then swap it in, so no half-written case is ever visible.
+
+    On any failure (disk full, interrupt) the temporary folder is removed and an earlier version of the case
+    stays in place; an OSError names the file that could not be written.
+    """
     tmp = cases_dir / f".tmp-{case_id}-{os.getpid()}"
     old = cases_dir / f".old-{case_id}-{os.getpid()}"
     final = cases_dir / case_id
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
-        with open(tmp / "meta.json", "w") as fh:
+            _save_npy(tmp / f"{name}.npy", array)
+        with naming(tmp / "meta.json"), open(tmp / "meta.json", "w") as fh:
             json.dump(meta, fh, indent=1)
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)  # the earlier version, which the manifest still lists
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -193,13 +214,16 @@ _progress_shown = False
 
 
 def _progress(total: int, enabled: bool):
-    """One tqdm bar per process (a second prepare in the same process stays quiet)."""
+    """One tqdm bar per process (a second prepare in the same process stays quiet).
+
+    The bar clears its line when it ends, so the summary, or an error, is the one line left on the terminal.
+    """
     global _progress_shown
     from tqdm import tqdm
 
     show = enabled and not _progress_shown and total > 0
     _progress_shown = _progress_shown or show
-    return tqdm(total=total, desc="prepare", unit="case", disable=not show, file=sys.stderr)
+    return tqdm(total=total, desc="prepare", unit="case", disable=not show, file=sys.stderr, leave=False)
 
 
 @dataclass
@@ -279,8 +303,11 @@ def prepare_store(
                         last_write = time.monotonic()
         finally:
             manifest["cases"] = dict(sorted(manifest["cases"].items()))
-            _atomic_json(out / MANIFEST, manifest)
-            _remove_temporaries(cases_dir)
+            manifest["skipped"] = dict(sorted(manifest["skipped"].items()))
+            try:
+                _atomic_json(out / MANIFEST, manifest)  # may fail too on a full disk: the last one written stays
+            finally:
+                _remove_temporaries(cases_dir)
     report.prepared.sort()
     return report
 

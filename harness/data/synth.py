@@ -24,6 +24,7 @@ from harness.data.synth_anatomy import BRATS_SHAPE, cubic_upsample, shape_atlas,
 from harness.data.synth_tumour import ED, ET, NCR, grow_tumour
 from harness.errors import UserError
 from harness.modalities import MODALITIES
+from harness.outdir import ensure_output_dir
 
 # Intensities relative to T1 white matter (brats-data.md table; BrainWeb agrees on the ordering).
 CONTRAST: dict[str, dict[str, float]] = {
@@ -309,11 +310,11 @@ def write_dataset(out: str | os.PathLike, cases: int, seed: int, year: int = 202
     _check_args(cases, seed, year, validation, shape, first_id, workers)
     out = Path(out)
     book = _read_marker(out)
+    ensure_output_dir(out)  # before any case is removed or generated
     tasks = [(out, year, TRAIN, cid, seed, shape, gzip) for cid in range(first_id, first_id + cases)]
     tasks += [(out, 2020, VALIDATION, vid, seed, shape, gzip) for vid in range(1, validation + 1)]
     for task in tasks:  # overwrite earlier synth cases of the same ids (checked to be synth output)
         shutil.rmtree(case_dir(out, *task[1:4]), ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     shape_atlas(shape)  # load templates once here; forked workers inherit the cache
 

@@ -31,7 +31,7 @@ class CaseData:
     """A case's decoded volumes on the source grid."""
 
     images: dict[str, np.ndarray]  # modality -> float32 (X,Y,Z)
-    label: np.ndarray | None  # uint8 (X,Y,Z), BraTS values {0,1,2,4}
+    label: np.ndarray | None  # uint8 (X,Y,Z), BraTS values {0,1,2,4} (a float file must hold whole numbers)
     affine: np.ndarray
     zooms: tuple[float, float, float]
 
@@ -57,6 +57,21 @@ def _load(path: Path, case_id: str, what: str, problems: list[str]) -> tuple[np.
         problems.append(f"case {case_id}: {what} file {path.name} is not 3-D (shape {tuple(data.shape)})")
         return None
     return data, affine, zooms
+
+
+def _non_integer_values(raw: np.ndarray, shown: int = 3) -> str:
+    """'' for an integer-valued (finite) volume, else its first distinct fractional values and their voxel count.
+
+    A float label is only trusted when every value is whole: rounding 1.5 would invent a class.
+    """
+    if raw.dtype.kind != "f":
+        return ""
+    bad = raw[raw != np.floor(raw)]
+    if bad.size == 0:
+        return ""
+    distinct = np.unique(bad)
+    listed = ", ".join(f"{v:g}" for v in distinct[:shown]) + (f", ... ({len(distinct)} distinct)" if len(distinct) > shown else "")
+    return f"[{listed}] in {bad.size} voxel{'s' if bad.size != 1 else ''}"
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -123,8 +138,11 @@ def read_case(case: CaseFiles, modalities: Sequence[str], *, need_label: bool | 
         raw = np.asarray(loaded["label"][0])
         if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
             problems.append(f"case {cid}: label has non-finite voxels (NaN or inf)")
+        elif fractional := _non_integer_values(raw):
+            problems.append(f"case {cid}: label file {case.seg.name} has non-integer values {fractional}; "
+                            "labels must be whole numbers in {0,1,2,4}")
         else:
-            values = np.rint(raw) if raw.dtype.kind == "f" else raw
+            values = raw  # whole numbers, whatever the dtype
             if values.size == 0 or (0 <= values.min() and values.max() <= 255):  # bincount: far faster than unique
                 small = values.astype(np.uint8)
                 present = np.flatnonzero(np.bincount(small.ravel(), minlength=256)).tolist()

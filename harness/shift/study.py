@@ -18,6 +18,7 @@ from harness.data.split import load_split
 from harness.data.store import open_store
 from harness.errors import UserError
 from harness.modalities import parse_modalities
+from harness.outdir import ensure_output_dir
 from harness.record import atomic_write_json
 from harness.shift.mmd import permutation_test
 from harness.shift.features import sample_patches
@@ -63,8 +64,7 @@ def run_shift(opts: ShiftOptions, report: Callable[[str], None] = print) -> list
     ids = list(getattr(load_split(Path(opts.split), store), opts.subset))
     if len(ids) < 2:
         raise UserError(f"split subset '{opts.subset}' has {len(ids)} case(s); need at least 2")
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(opts.out)
     mods = tuple(dict.fromkeys(source + target))
     patches = sample_patches(store, ids, mods, patch=opts.patch, per_case=opts.per_case, seed=opts.seed)
     rows: list[dict[str, Any]] = []

@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from harness.checkpoint import check_compatible
 from harness.config import RunConfig
-from harness.errors import UserError
+from harness.errors import UserError, os_error_line
 from harness.losses import make_loss
+from harness.outdir import ensure_output_dir
 from harness.model import apply_freeze, build_unet, count_params, forward_flops, training_flops, unfreeze_all
 from harness.record import new_record, utc_now
 from harness.rundir import RunDir
@@ -46,6 +47,7 @@ def preflight(cfg: RunConfig) -> None:
         from harness.model.pretrained import check_pretrained
 
         check_pretrained(cfg.train.init_from, cfg.model, cfg.train.first_conv)
+    ensure_output_dir(cfg.out)  # on every rank: exist_ok, and each rank's probe file has its own name
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
@@ -68,7 +70,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         record["status"], record["exit_code"], record["error"] = "failed", 2, str(exc)
         raise
     except Exception as exc:
-        record["status"], record["exit_code"], record["error"] = "failed", 1, f"{type(exc).__name__}: {exc}"
+        error = os_error_line(exc) or f"{type(exc).__name__}: {exc}"  # disk full: the line the user sees
+        record["status"], record["exit_code"], record["error"] = "failed", 1, error
         raise
     finally:
         record["finished_at"] = utc_now()

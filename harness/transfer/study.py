@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from harness.config import RunConfig
 from harness.errors import UserError
+from harness.outdir import ensure_output_dir
 from harness.transfer.execute import execute
 from harness.transfer.plan import StudyRun, plan_study
 
@@ -56,7 +57,7 @@ def run_study(base: RunConfig, opts: StudyOptions, out: Path, report: Callable[[
     store = open_store(Path(base.data.store))  # both modality sets must be there before anything runs
     store.check_modalities(tuple(runs[0].cfg.model.modalities) + tuple(runs[-1].cfg.model.modalities))
     load_split(Path(base.data.split), store)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)
     report(f"transfer study: {len(runs)} runs into {out}")
     status = execute(runs, np_=opts.np, timeout_s=opts.timeout_s, report=report)
     records = [r for r in (run.run_dir.read_record() for run in runs if status[run.id]["status"] == "ok") if r]
