@@ -88,11 +88,9 @@ def freeze_png(table: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def learning_curves_png(records: Iterable[dict[str, Any]], path: str | Path) -> Path:
-    """Validation WT Dice vs epoch, one line per fine-tuning variant and for scratch (mean over seeds, band = ± sd)."""
-    from analysis.transfer import curves as transfer_curves
-
-    curves = transfer_curves(list(records))
+def learning_curves_png(curves: dict[str, pd.DataFrame], path: str | Path) -> Path:
+    """Validation WT Dice vs epoch, one line per fine-tuning variant and for scratch (mean over seeds, band = ± sd);
+    `curves` as `analysis.transfer.curves` returns them."""
     if not curves:
         raise ValueError("no transfer records (extra.transfer with role finetune/scratch) with per-epoch validation Dice")
     plt = _plt()

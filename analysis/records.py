@@ -148,11 +148,10 @@ def varying(rows: Sequence[pd.Series | dict[str, Any]], keys: Iterable[str]) -> 
 
 def _freeze(train: dict[str, Any]) -> int | str:
     """The freeze choice as one value (k, or "head"), whichever way the record spelled it."""
-    from harness.config import HEAD_ONLY, parse_freeze
+    from harness.config import freeze_of
+    from harness.errors import UserError
 
-    if train.get("freeze_all_but_head"):
-        return HEAD_ONLY
     try:
-        return parse_freeze(train.get("freeze_depth", 0))
-    except Exception:  # noqa: BLE001 - an unreadable value must not stop the analysis
+        return freeze_of(train)
+    except UserError:  # an unreadable value must not stop the analysis
         return train.get("freeze_depth", 0)

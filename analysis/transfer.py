@@ -220,7 +220,7 @@ def write_comparison(records: Sequence[dict[str, Any]], out: str | Path, target:
     csv.write_text(table.to_csv(index=False))
     files = [md, csv]
     try:
-        files.append(plots.learning_curves_png(records, out / CURVES_PNG))
+        files.append(plots.learning_curves_png(curves(records), out / CURVES_PNG))
     except ValueError:  # no per-epoch validation Dice (e.g. validation off)
         pass
     return table, files

@@ -37,6 +37,14 @@ def parse_freeze(value: Any) -> Freeze:
     raise UserError(f"freeze depth {value!r} is not an integer or '{HEAD_ONLY}'")
 
 
+def freeze_of(train: dict[str, Any]) -> Freeze:
+    """The freeze choice of a raw `train` section, also of records written before it had one field
+    (`freeze_all_but_head: true`)."""
+    if train.get("freeze_all_but_head"):
+        return HEAD_ONLY
+    return parse_freeze(train.get("freeze_depth", 0))
+
+
 def freeze_label(value: Any) -> str:
     """How tables and folder names show a freeze choice: "k=2", "head-only"."""
     k = parse_freeze(value)
@@ -206,8 +214,9 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         train = dict(raw.get("train", {}))
-        if train.pop("freeze_all_but_head", False):  # records written before the freeze choice had one field
-            train["freeze_depth"] = HEAD_ONLY
+        if "freeze_all_but_head" in train:  # records written before the freeze choice had one field
+            train["freeze_depth"] = freeze_of(train)
+            del train["freeze_all_but_head"]
         top = {k: v for k, v in raw.items() if k not in ("model", "data", "train")}
         unknown = sorted(set(top) - {f.name for f in fields(cls)})
         if unknown:

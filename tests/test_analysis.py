@@ -176,9 +176,9 @@ def test_learning_curves_png(tmp_path):
     curves = transfer.curves(transfer_records())
     assert list(curves["scratch"]["epoch"]) == [1, 2, 3]
     assert curves["scratch"]["mean"].iloc[-1] == pytest.approx(0.63)
-    assert_png(plots.learning_curves_png(transfer_records(), tmp_path / "curves.png"))
+    assert_png(plots.learning_curves_png(curves, tmp_path / "curves.png"))
     with pytest.raises(ValueError):
-        plots.learning_curves_png([make_record(step_s=1.0)], tmp_path / "none.png")
+        plots.learning_curves_png(transfer.curves([make_record(step_s=1.0)]), tmp_path / "none.png")
 
 
 # ---------------------------------------------------------------- records, report and CLI
