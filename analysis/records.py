@@ -19,7 +19,7 @@ PATH_KEY = "_path"  # added to each loaded record: the record file it came from
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
 # compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
 SETTINGS = (
-    "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
+    "backend", "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
     "source", "sweep_mode", "benchmark",
 )
 
@@ -93,6 +93,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "step_time_sd_s": timing.get("step_time_sd_s"),
         "steps": timing.get("steps"),
         "freeze_depth": _freeze(train),
+        "backend": train.get("backend") or _get(record, "engine", "name") or ("horovod" if record else None),
         "params_trainable": _get(record, "model", "params_trainable"),
         "params_total": _get(record, "model", "params_total"),
         "modalities": _text(model.get("modalities")),

@@ -45,6 +45,18 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
         raise err from exc
 
 
+def save_scratch(manager: tf.train.CheckpointManager, step: int, rank: int) -> None:
+    """A non-chief rank's share of a save that every rank must join (MWMS): the same state written into a
+    scratch folder of its own, removed at once, so only rank 0's checkpoint remains."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"bratsbench-ckpt-rank{rank}-")
+    try:
+        manager.checkpoint.write(os.path.join(scratch, f"ckpt-{int(step)}"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _is_recorded(directory: str, prefix: str) -> bool:
     """True when the `checkpoint` state file already names `prefix` (its files were all written)."""
     try:

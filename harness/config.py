@@ -14,6 +14,7 @@ LOSSES = ("dice_ce", "ce")
 NORMS = ("instance", "batch", "none")
 FIRST_CONV = ("copy", "average", "reinit")  # how an input layer is initialised across modality sets
 HEAD_ONLY = "head"  # the freeze choice that trains only the 1x1x1 head
+BACKENDS = ("horovod", "mwms")  # distributed engines (harness.engines)
 
 Freeze = int | str  # 0..depth+1 frozen encoder levels, or HEAD_ONLY
 
@@ -145,6 +146,7 @@ class TrainConfig:
     amp: bool = False
     xla: bool = False
     seed: int = 0
+    backend: str | None = None  # horovod | mwms; None: Horovod where installed, else MWMS (recorded resolved)
     threads: int | None = None
     benchmark: bool = False
     bench_warmup: int = 5
@@ -179,6 +181,8 @@ class TrainConfig:
             _positive("unfreeze_after", self.unfreeze_after)
         if self.first_conv is not None and self.first_conv not in FIRST_CONV:
             raise UserError(f"first conv '{self.first_conv}' is not one of {', '.join(FIRST_CONV)}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise UserError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
         if self.threads is not None:
             _positive("threads", self.threads)
         if self.benchmark:
@@ -269,6 +273,7 @@ def model_signature(cfg: ModelConfig) -> dict[str, Any]:
 
 
 __all__ = [
+    "BACKENDS",
     "FIRST_CONV",
     "HEAD_ONLY",
     "freeze_label",

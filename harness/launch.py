@@ -28,9 +28,9 @@ import psutil
 
 from harness.errors import UserError
 from harness.record import utc_now
-from harness.rundir import RunDir
+from harness.rundir import RunDir, rank_log
 
-LOCAL_LAUNCHERS = ("horovodrun", "mpirun")  # start ranks on this machine
+LOCAL_LAUNCHERS = ("horovodrun", "mpirun", "mwms")  # start ranks on this machine (mwms: `bratsbench launch`)
 LAUNCHERS = (*LOCAL_LAUNCHERS, "srun")  # srun only inside a SLURM allocation
 TAIL_LINES = 40
 
@@ -84,6 +84,8 @@ def launch_command(
     cmd = list(cmd)
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if launcher == "mwms" and allocation:
+        raise UserError("MWMS workers in an allocation start with srun (TF_CONFIG comes from SLURM's variables)")
     if launcher == "srun":
         if not allocation:
             raise UserError("launcher srun runs inside a SLURM allocation (bratsbench sweep emit); use horovodrun or mpirun here")
@@ -91,6 +93,9 @@ def launch_command(
     if np_ == 1:
         return cmd
     n = str(np_)
+    if launcher == "mwms":
+        return [*bratsbench_command(), "launch", "--backend", "mwms", "-np", n, *(["--logs", str(logs)] if logs else []),
+                "--", *cmd]
     out = ["--output-filename", str(logs)] if logs else []
     if launcher == "mpirun":
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
@@ -104,6 +109,101 @@ def launch_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONUNBUFFERED"] = "1"  # logs stay current, so a killed run still has a useful tail
     return env
+
+
+def launcher_for(backend: str | None, launcher: str) -> str:
+    """The local launcher of a run: MWMS runs need ours; Horovod runs take the sweep's (horovodrun or mpirun).
+    A run that leaves the backend open gets this environment's default engine."""
+    from harness.engines import default_backend
+
+    return "mwms" if (backend or default_backend()) == "mwms" else launcher
+
+
+# --- MWMS workers on this machine (bratsbench launch --backend mwms) ------------------------------------
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free TCP ports (held open together while chosen, so they differ)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _relay(stream: IO[bytes], rank: int, name: str, log: IO[bytes], out: IO[bytes]) -> None:
+    """Copy a worker's stream into its own log file and, prefixed with its rank, into ours."""
+    for line in iter(stream.readline, b""):
+        log.write(line)
+        log.flush()
+        out.write(f"[{rank}]<{name}>:".encode() + line)
+        out.flush()
+
+
+def run_mwms_workers(np_: int, cmd: Sequence[str], logs: Path | None = None, host: str = "127.0.0.1",
+                     poll_s: float = 0.2) -> int:
+    """Start np_ workers of `cmd` with TF_CONFIG on free loopback ports; per-rank logs (RunDir layout under
+    `logs`); when one worker fails, the others are stopped at once. Returns the first failure's exit code
+    (128 + signal for a killed worker), else 0."""
+    import threading
+
+    from harness.engines.mwms import tf_config
+
+    ports = free_ports(np_, host)
+    workers = [f"{host}:{p}" for p in ports]
+    logs = Path(logs) if logs else None
+    procs: list[subprocess.Popen] = []
+    threads: list[threading.Thread] = []
+    files: list[IO[bytes]] = []
+    try:
+        for rank in range(np_):
+            env = launch_env(dict(os.environ, TF_CONFIG=tf_config(workers, rank)))
+            proc = subprocess.Popen(list(cmd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(proc)
+            for name, stream, out in (("stdout", proc.stdout, sys.stdout.buffer), ("stderr", proc.stderr, sys.stderr.buffer)):
+                if logs is not None:
+                    path = rank_log(logs, rank, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(path, "wb")
+                else:
+                    log = open(os.devnull, "wb")
+                files.append(log)
+                t = threading.Thread(target=_relay, args=(stream, rank, name, log, out), daemon=True)
+                t.start()
+                threads.append(t)
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(rank, c) for rank, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                print(f"bratsbench launch: worker {rank} {how}; stopping the other workers", file=sys.stderr, flush=True)
+                return 128 - code if code < 0 else code
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(poll_s)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + KILL_WAIT_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for t in threads:
+            t.join(timeout=5)
+        for f in files:
+            f.close()
 
 
 # --- supervision ----------------------------------------------------------------------------------------

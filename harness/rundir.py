@@ -32,6 +32,13 @@ PROFILE = "profile"
 TIMELINE = "timeline.json"
 
 
+def rank_log(logs: Path, rank: int, stream: str = "stderr") -> Path:
+    """Per-rank output in a logs folder, in the layout horovodrun's --output-filename writes (rank.N/stdout|stderr)."""
+    if stream not in ("stdout", "stderr"):
+        raise ValueError(f"stream {stream!r} is not stdout or stderr")
+    return Path(logs) / f"rank.{rank}" / stream
+
+
 class RunDir:
     """Paths of one run folder; creates nothing until asked (`create`, `reset_logs`)."""
 
@@ -84,10 +91,7 @@ class RunDir:
         return self.logs / EVALUATE_LOG
 
     def rank_log(self, rank: int, stream: str = "stderr") -> Path:
-        """Per-rank output, in the layout horovodrun's --output-filename writes (logs/rank.N/stdout|stderr)."""
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream {stream!r} is not stdout or stderr")
-        return self.logs / f"rank.{rank}" / stream
+        return rank_log(self.logs, rank, stream)
 
     @property
     def profile(self) -> Path:

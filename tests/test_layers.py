@@ -3,6 +3,7 @@
     base:     errors, outdir, modalities, config, record, rundir, metrics, inference
     data:     data/, checkpoint
     model:    model/, losses
+    engines:  engines/ (horovod, mwms: nothing else names an engine)
     train:    train/
     launch:   launch
     studies:  transfer/, shift/
@@ -24,6 +25,7 @@ LAYERS = [
     ("base", {"errors", "outdir", "modalities", "config", "record", "rundir", "metrics", "inference", "__init__"}),
     ("data", {"data", "checkpoint"}),
     ("model", {"model", "losses"}),
+    ("engines", {"engines"}),
     ("train", {"train"}),
     ("launch", {"launch"}),
     ("studies", {"transfer", "shift"}),

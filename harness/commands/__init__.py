@@ -5,6 +5,7 @@
 
 COMMANDS = (
     "train",
+    "launch",
     "evaluate",
     "predict",
     "synth",

@@ -44,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from harness.outdir import ensure_output_dir
     from harness.record import atomic_write_json
     from harness.rundir import RunDir
-    from harness.train import distributed
+    from harness.engines import LocalEngine
     from harness.train.sources import make_source
     from harness.train.validation import evaluate_items
 
-    world = distributed.init()  # before any TensorFlow work: it fixes the thread pools
+    engine = LocalEngine()
+    world = engine.init()  # before any TensorFlow work: it fixes the thread pools
     model, cfg = load_run_model(args.run)
     ensure_output_dir(args.run, what="--run")  # eval-<subset>.json and the record are written there
     if args.store:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.data.val_cases = args.cases
     source = make_source(cfg, world)
     items = source.val_items(args.subset)
-    result = evaluate_items(model, items, cfg.data.crop, world)
+    result = evaluate_items(model, items, cfg.data.crop, engine)
     if not world.is_root:
         return 0
     run = RunDir(args.run)

@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     from harness.metrics import to_brats_labels
     from harness.model.pretrained import load_run_model
 
+    from harness.engines import LocalEngine
     from harness.outdir import ensure_output_dir
-    from harness.train import distributed
 
     out = ensure_output_dir(args.out)
-    distributed.init()
+    LocalEngine().init()  # thread pools before any TensorFlow work
     model, cfg = load_run_model(args.run)
     if cfg.data.store is None:
         raise UserError(f"run '{args.run}' was trained on synthetic tensors; predict needs a run trained on a store")

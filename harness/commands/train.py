@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.config import FIRST_CONV, HEAD_ONLY, RunConfig, parse_freeze
+from harness.config import BACKENDS, FIRST_CONV, HEAD_ONLY, RunConfig, parse_freeze
 from harness.errors import UserError
 
 # flag -> (section, key); every flag defaults to None so only what the user typed overrides --config.
@@ -41,6 +41,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "xla": ("train", "xla"),
     "seed": ("train", "seed"),
     "threads": ("train", "threads"),
+    "backend": ("train", "backend"),
     "benchmark": ("train", "benchmark"),
     "bench_warmup": ("train", "bench_warmup"),
     "bench_steps": ("train", "bench_steps"),
@@ -108,6 +109,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: copy for equal channel counts, else average)")
     g.add_argument("--seed", type=int, default=None, help="seed (model init, data order, augmentation)")
     g = p.add_argument_group("execution")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="distributed engine: horovod (horovodrun/mpirun/srun) or mwms (TensorFlow's "
+                   "MultiWorkerMirroredStrategy; bratsbench launch or srun); default horovod where installed")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default cores / local ranks)")
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision (float16 with loss scaling)")
     g.add_argument("--xla", action="store_true", default=None, help="XLA auto-clustering")

@@ -103,9 +103,9 @@ def run_shift(opts: ShiftOptions, report: Callable[[str], None] = print) -> list
 def _learned(opts: ShiftOptions, store, ids, source, target, test) -> tuple[np.ndarray, np.ndarray]:
     from harness.model.pretrained import load_run_model
     from harness.shift.features import bottleneck_features, crops_for_features
-    from harness.train import distributed
+    from harness.engines import LocalEngine
 
-    distributed.init()
+    LocalEngine().init()  # thread pools before any TensorFlow work
     model, cfg = load_run_model(opts.run)
     if tuple(cfg.model.modalities) != tuple(source):
         raise UserError(f"run '{opts.run}' was trained on {','.join(cfg.model.modalities)}, not the source {','.join(source)}")

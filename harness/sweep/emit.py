@@ -117,6 +117,10 @@ def emit(spec: SweepSpec, out: str | Path, opts: EmitOptions) -> dict[str, Path]
     out = Path(out).resolve()
     results = Path(opts.results).resolve() if opts.results else out / "results"
     runs = plan(spec)
+    mwms = [r.label for r in runs if r.np > 1 and r.config.train.backend == "mwms"]
+    if mwms and opts.launcher != "srun":
+        raise UserError(f"run {mwms[0]} uses backend mwms: its workers start with srun (TF_CONFIG from SLURM's "
+                        f"variables), not {opts.launcher}; emit it for slurm with --launcher srun")
     arrays = group_arrays(runs)
     template_name, suffix = SCHEDULERS[opts.scheduler]
     template = _Template((TEMPLATES / template_name).read_text())

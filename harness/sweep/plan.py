@@ -87,13 +87,15 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     """Every run of the sweep, pre-training runs first, duplicates (same ID) dropped; raises UserError early."""
     pretrains: dict[int, PlannedRun] = {}
     runs: dict[str, PlannedRun] = {}
-    for np_, batch, depth, mode, seed in itertools.product(*(spec.axes[a] for a in AXES)):
+    for np_, batch, depth, mode, seed, backend in itertools.product(*(spec.axes[a] for a in AXES)):
         if mode == "scratch" and not spec.freeze_scratch:
             depth = 0  # freezing random weights is not asked for unless freeze_scratch: true
         per_rank = batch if spec.scaling == "weak" else batch // np_
         raw = _base(spec)
-        raw["train"].update(batch_size=per_rank, freeze_depth=depth, seed=seed)
+        raw["train"].update(batch_size=per_rank, freeze_depth=depth, seed=seed, backend=backend)
         label = f"np{np_}-b{batch}-k{depth}-{mode}-s{seed}"  # k{head} for head-only
+        if "backend" in spec.explicit_axes:
+            label += f"-{backend}"
         cfg = _config(raw, label, spec.origin)
         deps: list[str] = []
         if mode == "transfer":

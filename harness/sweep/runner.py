@@ -61,6 +61,7 @@ def dependency_problem(run: PlannedRun, results: Path) -> str | None:
 def launch_command(run: PlannedRun, results: Path, launcher: str = "horovodrun") -> list[str]:
     """The local command line of one run (for --dry-run)."""
     folder = run_dir(results, run)
+    launcher = launch.launcher_for(run.config.train.backend, launcher)
     return launch.launch_command(run.np, launch.bratsbench_command() + launch.train_args(folder), launcher, folder.logs)
 
 
@@ -77,6 +78,8 @@ def run_one(run: PlannedRun, results: Path, spec: SweepSpec, grace_s: float = RA
     folder = prepare_run_dir(run, results)
     index.set_run(results, run.run_id, status="running", label=run.label, started_at=utc_now(),
                   host=os.uname().nodename)
+    if not allocation:
+        launcher = launch.launcher_for(run.config.train.backend, launcher or spec.launcher)
     try:
         entry = launch.launch_train(folder, run.np, launcher=launcher or spec.launcher, allocation=allocation,
                                     srun_mpi=srun_mpi, hosts=hosts, timeout_s=spec.timeout_s, grace_s=grace_s,

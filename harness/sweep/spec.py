@@ -23,12 +23,12 @@ from typing import Any
 
 import yaml
 
-from harness.config import FIRST_CONV, HEAD_ONLY, DataConfig, ModelConfig, TrainConfig, parse_freeze
+from harness.config import BACKENDS, FIRST_CONV, HEAD_ONLY, DataConfig, ModelConfig, TrainConfig, parse_freeze
 from harness.errors import UserError
 from harness.launch import LOCAL_LAUNCHERS as LAUNCHERS
 from harness.modalities import parse_modalities
 
-AXES = ("np", "batch_size", "freeze_depth", "mode", "seed")
+AXES = ("np", "batch_size", "freeze_depth", "mode", "seed", "backend")
 MODES = ("scratch", "transfer")
 SCALINGS = ("weak", "strong")
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -36,7 +36,7 @@ TOP_KEYS = ("name", "scaling", "axes", "fixed", "transfer", "launcher", "timeout
 TRANSFER_KEYS = ("source", "epochs", "np", "batch_size", "steps_per_epoch", "first_conv")
 # Fields the sweep sets itself: a value in `fixed` would be silently overridden, so it is refused.
 MANAGED = {"train": ("init_from", "resume", "first_conv")}
-AXIS_FIELDS = {"batch_size": "batch_size", "freeze_depth": "freeze_depth", "seed": "seed"}
+AXIS_FIELDS = {"batch_size": "batch_size", "freeze_depth": "freeze_depth", "seed": "seed", "backend": "backend"}
 DEFAULT_TIMEOUT_S = 3600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -176,6 +176,9 @@ def _parse_axis(axis: str, values: Any, origin: str) -> list[Any]:
         if axis == "mode":
             if value not in MODES:
                 raise UserError(f"{origin}: axes.mode value {value!r} is not one of {', '.join(MODES)}")
+        elif axis == "backend":
+            if value not in BACKENDS:
+                raise UserError(f"{origin}: axes.backend value {value!r} is not one of {', '.join(BACKENDS)}")
         elif axis == "freeze_depth" and not _is_int(value):
             try:
                 value = parse_freeze(value)

@@ -13,13 +13,14 @@ from typing import Iterator
 
 import tensorflow as tf
 
+from harness.engines import Engine
 from harness.rundir import RunDir
-from harness.train.distributed import World
 
 
 class StepProfiler:
-    def __init__(self, run: RunDir, world: World, steps: tuple[int, int] | None, timeline: bool):
-        self.world = world
+    def __init__(self, run: RunDir, engine: Engine, steps: tuple[int, int] | None, timeline: bool):
+        self.engine = engine
+        world = engine.world
         self.window = tuple(steps) if steps else None
         self.timeline = timeline and self.window is not None
         self.logdir = run.profile_rank(world.rank)
@@ -32,10 +33,8 @@ class StepProfiler:
             # TensorBoard lists a folder as a run only when it holds an events file
             tf.summary.create_file_writer(str(self.logdir)).close()
             if self.timeline:
-                import horovod.tensorflow as hvd
-
                 self.timeline_path.parent.mkdir(parents=True, exist_ok=True)
-                hvd.start_timeline(str(self.timeline_path), mark_cycles=False)
+                self.engine.start_timeline(str(self.timeline_path))
             tf.profiler.experimental.start(str(self.logdir))
             self.active = True
 
@@ -56,7 +55,5 @@ class StepProfiler:
             return
         tf.profiler.experimental.stop()
         if self.timeline:
-            import horovod.tensorflow as hvd
-
-            hvd.stop_timeline()
+            self.engine.stop_timeline()
         self.active = False

@@ -13,7 +13,7 @@ import tensorflow as tf
 from harness.config import RunConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.errors import UserError
-from harness.train.distributed import World
+from harness.engines import World
 
 
 @dataclass

@@ -1,7 +1,8 @@
-"""The distributed training step: plain GradientTape wrapped by Horovod, frozen variables excluded.
+"""The training step, the same math on every engine: a GradientTape over the trainable variables, the
+engine's mean of the gradients over ranks, one optimizer update.
 
 Only `model.trainable_variables` get gradients, so frozen layers cost neither weight gradients nor
-allreduce bytes. The step is traced once per freeze state; rebuild it after (un)freezing.
+collective bytes. The step is traced once per freeze state; rebuild it after (un)freezing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Callable
 import tensorflow as tf
 
 from harness.config import TrainConfig
+from harness.engines import Engine
 
 
 class WarmupScaledLR(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -50,25 +52,21 @@ def make_train_step(
     model: tf.keras.Model,
     opt: tf.keras.optimizers.Optimizer,
     loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    engine: Engine,
     amp: bool = False,
-    distributed: bool = True,
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    import horovod.tensorflow as hvd
-
+    """`step(x, y) -> loss`: each rank calls it with its own batch; the engine traces it and reduces."""
     variables = model.trainable_variables
 
-    @tf.function(reduce_retracing=True)
-    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
             loss = loss_fn(y, probs)
             scaled = opt.get_scaled_loss(loss) if amp else loss
-        if distributed:
-            tape = hvd.DistributedGradientTape(tape)
-        grads = tape.gradient(scaled, variables)
+        grads = engine.reduce_gradients(tape.gradient(scaled, variables))
         if amp:
             grads = opt.get_unscaled_gradients(grads)
-        opt.apply_gradients(zip(grads, variables))
+        engine.apply_gradients(opt, grads, variables)
         return loss
 
-    return step
+    return engine.compile_step(replica_step)

@@ -18,13 +18,13 @@ import tensorflow as tf
 
 from harness.checkpoint import check_compatible
 from harness.config import RunConfig
+from harness.engines import Engine, World, default_backend, make_engine, unavailable
 from harness.errors import UserError, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
 from harness.model import apply_freeze, build_unet, count_params, forward_flops, training_flops, unfreeze_all
 from harness.record import new_record, utc_now
 from harness.rundir import RunDir
-from harness.train import distributed
 from harness.train.profiling import StepProfiler
 from harness.train.sources import Source, iterate, make_source
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
@@ -36,8 +36,13 @@ log = logging.getLogger("bratsbench.train")
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Checks that need files but no TensorFlow work: they must fail before anything runs."""
+    """Checks that need files but no TensorFlow work: they must fail before anything runs (MWMS needs its
+    strategy before any TensorFlow op). Resolves the backend, so the record names the engine that ran."""
     cfg.validate()
+    cfg.train.backend = cfg.train.backend or default_backend()
+    problem = unavailable(cfg.train.backend)
+    if problem:
+        raise UserError(problem)
     if cfg.train.resume:
         ckpt = RunDir(cfg.out).checkpoints
         if not ckpt.is_dir():
@@ -53,15 +58,16 @@ def preflight(cfg: RunConfig) -> None:
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run one training (or benchmark) run and return its record (written by rank 0 into the run folder)."""
     preflight(cfg)
-    world = distributed.init(cfg.train.threads, cfg.train.timeline)
-    writer = RunWriter(world, RunDir(cfg.out))
-    record = _start_record(cfg, world, writer)
+    engine = make_engine(cfg.train.backend)
+    world = engine.init(cfg.train.threads, cfg.train.timeline)
+    writer = RunWriter(world, RunDir(cfg.out), engine)
+    record = _start_record(cfg, engine, writer)
     t_start = time.perf_counter()
     try:
-        session = build(cfg, world, record)
+        session = build(cfg, engine, record)
         writer.signature(session.ckpt_dir, cfg.model)
-        epoch_loop(session, cfg, world, writer, record)
-        finish(session, cfg, world, writer, record)
+        epoch_loop(session, cfg, engine, writer, record)
+        finish(session, cfg, engine, writer, record)
         record["status"], record["exit_code"] = "ok", 0
     except KeyboardInterrupt:
         record["status"], record["exit_code"], record["error"] = "interrupted", 130, "interrupted"
@@ -80,11 +86,12 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     return record
 
 
-def _start_record(cfg: RunConfig, world: distributed.World, writer: RunWriter) -> dict[str, Any]:
+def _start_record(cfg: RunConfig, engine: Engine, writer: RunWriter) -> dict[str, Any]:
     record = new_record(cfg.to_dict())
     record["extra"].update(cfg.tags)
-    record["world_size"] = world.size
-    record["hosts"] = distributed.hostnames()
+    record["engine"] = {"name": engine.name, "version": engine.version()}
+    record["world_size"] = engine.world.size
+    record["hosts"] = engine.hostnames()
     if cfg.train.resume:  # keep the learning curve of the epochs done before the interruption
         earlier = writer.run.read_record() or {}
         record["history"] = earlier.get("history", [])
@@ -118,12 +125,12 @@ class Session:
     profiler: StepProfiler
     ahead: dict[int, Iterator] = field(default_factory=dict)  # epoch -> its pipeline, already started
 
-    def rebuild_step(self) -> None:
+    def rebuild_step(self, engine: Engine) -> None:
         """A tf.function step reads `trainable_variables` when traced: rebuild it after (un)freezing."""
-        self.step_fn = make_train_step(self.model, self.opt, self.loss_fn, amp=self.loss_scaling)
+        self.step_fn = make_train_step(self.model, self.opt, self.loss_fn, engine, amp=self.loss_scaling)
 
 
-def _precision(cfg: RunConfig, world: distributed.World, record: dict) -> bool:
+def _precision(cfg: RunConfig, world: World, record: dict) -> bool:
     """--amp: float16 with loss scaling on GPUs; bfloat16 on CPUs (float16 has no CPU MaxPool3D kernel, and
     bfloat16 keeps float32's range, so it needs no loss scaling). Returns whether the loss is scaled."""
     loss_scaling = cfg.train.amp and world.gpus > 0
@@ -136,32 +143,34 @@ def _precision(cfg: RunConfig, world: distributed.World, record: dict) -> bool:
     return loss_scaling
 
 
-def build(cfg: RunConfig, world: distributed.World, record: dict) -> Session:
+def build(cfg: RunConfig, engine: Engine, record: dict) -> Session:
     """Model (initial or pre-trained weights, frozen levels), optimizer, checkpoint state restored and
     broadcast from rank 0, data source and the step function."""
     tcfg, dcfg, mcfg = cfg.train, cfg.data, cfg.model
+    world = engine.world
     tf.keras.utils.set_random_seed(tcfg.seed)  # same initial weights on every rank
     if dcfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     loss_scaling = _precision(cfg, world, record)
     source = make_source(cfg, world)
-    model = build_unet(mcfg, dcfg.crop)
-    opt = make_optimizer(tcfg, world.size, loss_scaling)
-    opt.build(model.trainable_variables)  # slots for every variable, so later unfreezing needs no rebuild
+    with engine.scope():  # MWMS mirrors the variables created here
+        model = build_unet(mcfg, dcfg.crop)
+        opt = make_optimizer(tcfg, world.size, loss_scaling)
+        opt.build(model.trainable_variables)  # slots for every variable, so later unfreezing needs no rebuild
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     if tcfg.init_from:
         from harness.model.pretrained import load_pretrained
 
         record["model"]["init"] = load_pretrained(model, mcfg, tcfg.init_from, dcfg.crop, tcfg.first_conv)
     frozen_levels = apply_freeze(model, tcfg.freeze_depth, mcfg.depth)
 
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     ckpt = tf.train.Checkpoint(model=model, optimizer=opt, epoch=epoch_var)
     ckpt_dir = RunDir(cfg.out).checkpoints
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=2)
     if tcfg.resume:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.debug("resumed from %s", manager.latest_checkpoint)
-    distributed.broadcast_state(model.variables + optimizer_variables(opt) + [epoch_var])
+    engine.broadcast(model.variables + optimizer_variables(opt) + [epoch_var])
 
     params = count_params(model)
     record["model"].update(
@@ -174,18 +183,18 @@ def build(cfg: RunConfig, world: distributed.World, record: dict) -> Session:
     loss_fn = make_loss(tcfg.loss, tcfg.class_weights)
     return Session(
         model=model, opt=opt, source=source, loss_fn=loss_fn,
-        step_fn=make_train_step(model, opt, loss_fn, amp=loss_scaling), loss_scaling=loss_scaling,
+        step_fn=make_train_step(model, opt, loss_fn, engine, amp=loss_scaling), loss_scaling=loss_scaling,
         frozen_levels=frozen_levels, epoch_var=epoch_var, manager=manager, ckpt_dir=ckpt_dir,
         epochs=epochs, steps_per_epoch=spe, total_steps=total,
         val_items=None if tcfg.benchmark else source.val_items(), timer=StepTimer(warmup=warmup),
-        profiler=StepProfiler(RunDir(cfg.out), world, tcfg.profile_steps, tcfg.timeline),
+        profiler=StepProfiler(RunDir(cfg.out), engine, tcfg.profile_steps, tcfg.timeline),
     )
 
 
 # --- the epoch loop -------------------------------------------------------------------------------------
 
 
-def epoch_loop(s: Session, cfg: RunConfig, world: distributed.World, writer: RunWriter, record: dict) -> None:
+def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, record: dict) -> None:
     """Epochs from the restored one on; after each: mean loss over ranks, validation, checkpoint, record."""
     tcfg = cfg.train
     global_step = int(s.opt.iterations.numpy())
@@ -195,19 +204,19 @@ def epoch_loop(s: Session, cfg: RunConfig, world: distributed.World, writer: Run
         if tcfg.unfreeze_after is not None and epoch >= tcfg.unfreeze_after and s.frozen_levels:
             unfreeze_all(s.model)
             s.frozen_levels = []
-            s.rebuild_step()
+            s.rebuild_step(engine)
             record["model"]["unfrozen_at_epoch"] = epoch
         t_epoch = time.perf_counter()
         losses, times, global_step = run_epoch(s, cfg, epoch, global_step, writer)
         s.epoch_var.assign(epoch + 1)
-        mean_loss = distributed.mean_over_ranks([float(np.mean(losses)) if losses else float("nan")])[0]
+        mean_loss = engine.mean([float(np.mean(losses)) if losses else float("nan")])[0]
         entry: dict[str, Any] = {
             "epoch": epoch + 1, "step": global_step, "loss": mean_loss, "wall_s": time.perf_counter() - t_epoch,
             "step_time_mean_s": float(np.mean(times)) if times else None,
             "params_trainable": count_params(s.model)["trainable"],
         }
         if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs):
-            result = evaluate_items(s.model, s.val_items, cfg.data.crop, world)
+            result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
             entry["val"] = result["dice"]
             record["metrics"] = {"val": result["summary"], "val_cases": result["cases"]}
         record["history"].append(entry)
@@ -268,11 +277,12 @@ def _epoch_stream(source: Source, epoch: int, steps: int, benchmark: bool) -> tf
 # --- finish ---------------------------------------------------------------------------------------------
 
 
-def finish(s: Session, cfg: RunConfig, world: distributed.World, writer: RunWriter, record: dict) -> None:
+def finish(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, record: dict) -> None:
     """Replica checksums, timing and memory over ranks into the record."""
-    record["model"]["replica_checksums"] = distributed.allgather_object(weights_checksum(s.model))
+    world = engine.world
+    record["model"]["replica_checksums"] = engine.allgather_object(weights_checksum(s.model))
     timing = s.timer.summary(cfg.train.batch_size * world.size)
-    mems = distributed.allgather_object(peak_host_mem_mb())
+    mems = engine.allgather_object(peak_host_mem_mb())
     timing.update(peak_host_mem_mb=max(mems), peak_host_mem_mb_per_rank=mems, peak_gpu_mem_mb=_peak_gpu_mem_mb(),
                   threads_per_rank=world.threads)
     if timing.get("step_time_mean_s"):

@@ -9,23 +9,24 @@ import tensorflow as tf
 
 from harness.inference import predict_labels
 from harness.metrics import REGIONS
-from harness.train.distributed import World, allgather_object
+from harness.engines import Engine
 from harness.train.sources import ValItem
 
 
 def evaluate_items(
-    model: tf.keras.Model, items: Sequence[ValItem], crop: tuple[int, int, int], world: World
+    model: tf.keras.Model, items: Sequence[ValItem], crop: tuple[int, int, int], engine: Engine
 ) -> dict[str, Any]:
     """Per-case BraTS metrics of this rank's shard, gathered and summarised (mean/median over cases)."""
     from harness.metrics import evaluate_case, summarize
 
     rows = []
+    world = engine.world
     for item in items[world.rank :: world.size]:
         pred = predict_labels(model, item.image, crop)
         row = evaluate_case(pred, item.label, spacing=item.spacing, et_label=3)
         row["case_id"] = item.case_id
         rows.append(row)
-    all_rows = [row for part in allgather_object(rows) for row in part]
+    all_rows = [row for part in engine.allgather_object(rows) for row in part]
     all_rows.sort(key=lambda r: r["case_id"])
     summary = summarize([{k: v for k, v in r.items() if k != "case_id"} for r in all_rows]) if all_rows else {}
     return {"cases": all_rows, "summary": summary, "dice": region_means(summary)}

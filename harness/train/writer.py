@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.engines import Engine, World
 from harness.rundir import RunDir
-from harness.train.distributed import World
 
 
 class _Bar:
@@ -29,9 +29,10 @@ class _Bar:
 
 
 class RunWriter:
-    def __init__(self, world: World, run: RunDir):
+    def __init__(self, world: World, run: RunDir, engine: Engine | None = None):
         self.world = world
         self.run = run
+        self.engine = engine
         self.active = world.is_root
         if self.active:
             run.create()
@@ -49,10 +50,14 @@ class RunWriter:
             write_signature(ckpt_dir, model_cfg)
 
     def checkpoint(self, manager: Any, step: int) -> None:
-        if self.active:
-            from harness.checkpoint import save_checkpoint
+        """Rank 0 writes the checkpoint. Where the engine needs every rank to take part (MWMS), the others
+        write the same state into a scratch folder of their own, removed at once."""
+        from harness.checkpoint import save_checkpoint, save_scratch
 
+        if self.active:
             save_checkpoint(manager, step)
+        elif self.engine is not None and self.engine.saves_on_every_rank():
+            save_scratch(manager, step, self.world.rank)
 
     def epoch(self, entry: dict[str, Any]) -> None:
         if self.active:

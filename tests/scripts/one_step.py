@@ -1,6 +1,6 @@
 """One training step with the real Horovod step function on a fixed global batch; used by the tests.
 
-Usage: one_step.py OUT.npz GLOBAL_BATCH  (each of N ranks takes its contiguous GLOBAL_BATCH/N slice)
+Usage: one_step.py OUT.npz GLOBAL_BATCH [horovod|mwms]  (each of N ranks takes its contiguous GLOBAL_BATCH/N slice)
 """
 
 import sys
@@ -12,23 +12,26 @@ from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.losses import make_loss
 from harness.model import build_unet
-from harness.train import distributed
+from harness.engines import make_engine
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
 
 out, global_batch = sys.argv[1], int(sys.argv[2])
-world = distributed.init(threads=1)
+backend = sys.argv[3] if len(sys.argv) > 3 else "horovod"
+engine = make_engine(backend)
+world = engine.init(threads=1)
 tf.keras.utils.set_random_seed(7)
 tf.config.experimental.enable_op_determinism()
 cfg = ModelConfig(modalities=("t1", "t2"), base_filters=4, depth=2)
 crop = (16, 16, 16)
-model = build_unet(cfg, crop)
-opt = make_optimizer(TrainConfig(lr=1e-2, lr_scaling=False), world.size, loss_scaling=False)
-opt.build(model.trainable_variables)
-distributed.broadcast_state(model.variables + optimizer_variables(opt))
+with engine.scope():
+    model = build_unet(cfg, crop)
+    opt = make_optimizer(TrainConfig(lr=1e-2, lr_scaling=False), world.size, loss_scaling=False)
+    opt.build(model.trainable_variables)
+engine.broadcast(model.variables + optimizer_variables(opt))
 x, y = make_samples(global_batch, crop, 2, seed=3)
 b = global_batch // world.size
 sl = slice(world.rank * b, (world.rank + 1) * b)
-step = make_train_step(model, opt, make_loss("dice_ce"))
+step = make_train_step(model, opt, make_loss("dice_ce"), engine)
 for _ in range(2):
     step(tf.constant(x[sl]), tf.constant(y[sl]))
 if world.is_root:

@@ -1,0 +1,241 @@
+"""TensorFlow's MultiWorkerMirroredStrategy: one worker process per rank, TF_CONFIG names them all.
+
+TF_CONFIG comes from the environment (our local launcher, `bratsbench launch --backend mwms`, writes it), or
+is built from SLURM's step variables under `srun` (TF's SlurmClusterResolver fails on CPU-only nodes,
+tensorflow#56894). The strategy must exist before any other TensorFlow op in the process. Collectives are
+RING on CPUs and NCCL on GPUs, with a timeout, so a lost peer fails the run instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import socket
+import subprocess
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from harness.engines.base import Engine, World, set_threads, visible_gpus
+from harness.errors import UserError
+
+TIMEOUT_ENV = "BRATSBENCH_MWMS_TIMEOUT_S"  # collective timeout
+PEER_WAIT_ENV = "BRATSBENCH_MWMS_PEER_WAIT_S"  # how long a worker waits for the others to start
+PORT_ENV = "BRATSBENCH_MWMS_PORT"  # first port of a SLURM step's workers on each node
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_PEER_WAIT_S = 180.0
+
+
+def _seconds(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"{env}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise UserError(f"{env}={raw!r} must be positive")
+    return value
+
+
+def tf_config(workers: Sequence[str], index: int) -> str:
+    return json.dumps({"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": index}})
+
+
+def _tasks_per_node(text: str) -> list[int]:
+    """SLURM_STEP_TASKS_PER_NODE "2(x3),1" -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in text.split(","):
+        if "(x" in part:
+            n, times = part.rstrip(")").split("(x")
+            counts += [int(n)] * int(times)
+        else:
+            counts.append(int(part))
+    return counts
+
+
+def slurm_tf_config(env: dict[str, str] | None = None) -> str | None:
+    """TF_CONFIG of this task of a SLURM step (None outside one). Workers are listed node by node, as srun's
+    block distribution numbers SLURM_PROCID; ports count up from a base derived from the job and step IDs."""
+    env = dict(os.environ if env is None else env)
+    if "SLURM_PROCID" not in env or "SLURM_STEP_NODELIST" not in env:
+        return None
+    try:
+        nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_STEP_NODELIST"]], capture_output=True,
+                               text=True, check=True, timeout=30, env=env).stdout.split()
+        counts = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", "1"))
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise UserError(f"cannot build TF_CONFIG from SLURM_STEP_NODELIST={env['SLURM_STEP_NODELIST']!r}: {exc}") from None
+    if len(counts) != len(nodes):
+        raise UserError(f"SLURM_STEP_TASKS_PER_NODE={env.get('SLURM_STEP_TASKS_PER_NODE')!r} does not match {len(nodes)} node(s)")
+    base = int(env[PORT_ENV]) if env.get(PORT_ENV) else 20000 + (int(env.get("SLURM_JOB_ID", 0)) * 7 + int(env.get("SLURM_STEP_ID", 0) or 0)) % 20000
+    workers = [f"{node}:{base + i}" for node, n in zip(nodes, counts) for i in range(n)]
+    return tf_config(workers, int(env["SLURM_PROCID"]))
+
+
+def read_cluster(raw: str | None) -> tuple[list[str], int]:
+    """(workers, this task's index) from a TF_CONFIG string; one local worker when there is none."""
+    if not raw:
+        return ["localhost:0"], 0
+    try:
+        config = json.loads(raw)
+        workers = list(config["cluster"]["worker"])
+        task = config["task"]
+        index = int(task["index"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"TF_CONFIG is not a worker cluster with a task index ({exc}): {raw[:200]}") from None
+    if task.get("type", "worker") != "worker" or not 0 <= index < len(workers):
+        raise UserError(f"TF_CONFIG task {task} is not one of the {len(workers)} workers")
+    for address in workers:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"TF_CONFIG worker address {address!r} is not HOST:PORT")
+    return workers, index
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def check_port_free(address: str, index: int) -> None:
+    """The port this worker's server will listen on must be free: a taken one is a clear error now, not a hang."""
+    host, port = _split(address)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"MWMS worker {index}: port {port} of {address} is taken by another process") from None
+            raise UserError(f"MWMS worker {index}: cannot listen on {address}: {exc.strerror}") from None
+
+
+def wait_for_peers(workers: Sequence[str], index: int, deadline_s: float) -> None:
+    """Every other worker's server answers on its port, or a one-line error naming the missing one."""
+    start = time.monotonic()
+    for i, address in enumerate(workers):
+        if i == index:
+            continue
+        host, port = _split(address)
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() - start > deadline_s:
+                    raise UserError(f"MWMS worker {i} at {address} did not answer within {deadline_s:g} s "
+                                    f"(TF_CONFIG lists {len(workers)} workers; is every one started?)") from None
+                time.sleep(0.2)
+
+
+def _local_position(workers: Sequence[str], index: int) -> tuple[int, int]:
+    host = _split(workers[index])[0]
+    same = [i for i, w in enumerate(workers) if _split(w)[0] == host]
+    return same.index(index), len(same)
+
+
+class MWMSEngine(Engine):
+    name = "mwms"
+
+    def init(self, threads: int | None = None, timeline: bool = False) -> World:
+        raw = os.environ.get("TF_CONFIG") or slurm_tf_config()
+        workers, index = read_cluster(raw)
+        size = len(workers) if raw else 1
+        local_rank, local_size = _local_position(workers, index) if raw else (0, 1)
+        if raw:
+            os.environ["TF_CONFIG"] = raw
+            check_port_free(workers[index], index)
+        gpus = visible_gpus(local_rank)
+        n_threads = set_threads(threads, local_size)
+        ring = tf.distribute.experimental.CommunicationImplementation
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=ring.NCCL if gpus else ring.RING, timeout_seconds=_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        try:
+            self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(f"MultiWorkerMirroredStrategy could not start: {str(exc).splitlines()[0]}") from None
+        self._fns: dict[str, Any] = {}
+        if size > 1:
+            wait_for_peers(workers, index, _seconds(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S))
+        self.world = World(index, size, local_rank, local_size, gpus, n_threads)
+        return self.world
+
+    def version(self) -> str | None:
+        return tf.__version__
+
+    def scope(self) -> Any:
+        return self.strategy.scope()
+
+    def reduce_gradients(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+        ctx = tf.distribute.get_replica_context()
+        return list(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(grads)))
+
+    def apply_gradients(self, opt: Any, grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
+        # the gradients are already the mean over ranks: the optimizer must not sum them again
+        opt.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+
+    def compile_step(self, replica_step: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        strategy = self.strategy
+
+        @tf.function(reduce_retracing=True)
+        def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            return strategy.experimental_local_results(strategy.run(replica_step, args=(x, y)))[0]
+
+        return step
+
+    def _collective(self, kind: str, value: Any) -> Any:
+        """A small collective on this rank's value: "gather" (axis 0), "sum" or "mean" over ranks. Each kind is
+        one tf.function (traced once per shape class), not an eager collective that TensorFlow retraces."""
+        fns = self._fns
+        if kind not in fns:
+            strategy = self.strategy
+
+            def replica(t: Any) -> Any:
+                ctx = tf.distribute.get_replica_context()
+                if kind == "gather":
+                    return ctx.all_gather(t, axis=0)
+                op = tf.distribute.ReduceOp.SUM if kind == "sum" else tf.distribute.ReduceOp.MEAN
+                return ctx.all_reduce(op, t)
+
+            fns[kind] = tf.function(lambda t: strategy.experimental_local_results(strategy.run(replica, args=(t,)))[0],
+                                    reduce_retracing=True)
+        return fns[kind](value)
+
+    def _all_gather(self, array: np.ndarray) -> np.ndarray:
+        return self._collective("gather", tf.constant(array)).numpy()
+
+    def broadcast(self, variables: Sequence[tf.Variable]) -> None:
+        if self.world.size == 1:
+            return
+        root = self.world.rank == 0
+        values = [tf.cast(v.read_value(), tf.float64) if root else tf.zeros(v.shape, tf.float64) for v in variables]
+        summed = self._collective("sum", values)
+        for var, value in zip(variables, summed):
+            var.assign(tf.cast(value, var.dtype))
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        if self.world.size == 1:
+            return [obj]
+        data = pickle.dumps(obj)
+        sizes = self._all_gather(np.array([len(data)], dtype=np.int64))
+        width = -(-int(sizes.max()) // 8)  # collectives carry no uint8: the bytes travel as int64 words
+        padded = np.zeros(width * 8, dtype=np.uint8)
+        padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+        everything = self._all_gather(padded.view(np.int64)).reshape(self.world.size, width)
+        return [pickle.loads(row.tobytes()[: int(n)]) for row, n in zip(everything, sizes)]
+
+    def mean(self, values: Sequence[float]) -> list[float]:
+        tensor = tf.constant(list(values), dtype=tf.float64)
+        if self.world.size > 1:
+            tensor = self._collective("mean", tensor)
+        return [float(v) for v in tensor.numpy()]
+
+    def saves_on_every_rank(self) -> bool:
+        # reading a variable for a checkpoint may be a collective (sync-on-read variables): all workers save,
+        # the chief into the run folder and the others into a scratch folder that is removed
+        return self.world.size > 1
