@@ -37,6 +37,9 @@ from harness.rundir import RunDir
 
 BUCKETS = ("compute_ms", "communication_ms", "input_ms", "other_ms")
 HOROVOD_PREFIX = "Horovod"
+# op types that move data between ranks: Horovod's ops, and TensorFlow's collectives (MWMS: CollectiveReduceV2,
+# CollectiveGatherV2, CollectiveBcast*), whose op event on the collective_ops thread spans the transfer in flight
+COMM_PREFIXES = (HOROVOD_PREFIX, "Collective")
 _GETNEXT = re.compile(r"IteratorGetNext")
 
 Interval = tuple[float, float]
@@ -175,7 +178,7 @@ def _is_op(e: dict[str, Any]) -> bool:
     if "is_eager" not in args:
         return False
     op_type = str(args.get("long_name", "")).rsplit(":", 1)[-1]
-    return not op_type.startswith(HOROVOD_PREFIX) and not _GETNEXT.search(op_type)
+    return not op_type.startswith(COMM_PREFIXES) and not _GETNEXT.search(op_type)
 
 
 def _compute_intervals(tr: _Trace) -> list[Interval]:
@@ -183,7 +186,8 @@ def _compute_intervals(tr: _Trace) -> list[Interval]:
 
 
 def _comm_intervals(tr: _Trace) -> list[Interval]:
-    """Horovod collectives in flight: async Start on the executor thread until the Done callback."""
+    """Collectives in flight: Horovod's async Start on the executor thread until the Done callback; TensorFlow's
+    collective ops (MWMS) for the length of their op event."""
     starts: dict[tuple[str, str], dict[str, Any]] = {}
     done: dict[tuple[str, str], dict[str, Any]] = {}
     spans: list[Interval] = []
@@ -195,8 +199,8 @@ def _comm_intervals(tr: _Trace) -> list[Interval]:
                 starts.setdefault(key, e)
             elif e["name"].endswith("::Done"):
                 done.setdefault(key, e)
-        elif "is_eager" in args and str(args.get("long_name", "")).rsplit(":", 1)[-1].startswith(HOROVOD_PREFIX):
-            spans.append((e["ts"], e["_end"]))  # a synchronous Horovod op, if any
+        elif "is_eager" in args and str(args.get("long_name", "")).rsplit(":", 1)[-1].startswith(COMM_PREFIXES):
+            spans.append((e["ts"], e["_end"]))  # a TensorFlow collective, or a synchronous Horovod op
     for key, start in starts.items():
         end = done[key]["_end"] if key in done else start["_end"]
         spans.append((start["ts"], end))

@@ -362,6 +362,7 @@ def _read_end(path: Path, limit: int = 64 * 1024) -> str:
 
 
 _HVD_FIRST = re.compile(r"first process to do so was:\s*Process name: (\S+)\s*Exit code: (-?\d+)", re.S)
+_MWMS_FIRST = re.compile(r"bratsbench launch: worker (\d+) (killed by SIG\w+|exited with code -?\d+)")
 
 
 def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
@@ -369,6 +370,9 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     code = outcome.exit_code
     if outcome.reason:
         return outcome.reason
+    found = _MWMS_FIRST.search("\n".join(tail))
+    if found:  # our MWMS launcher names the worker that failed first (the others only saw a broken collective)
+        return f"MWMS worker {found.group(1)} {found.group(2)}; the launcher stopped the others (exit code {code})"
     if record and record.get("error"):
         return str(record["error"])
     found = _HVD_FIRST.search("\n".join(tail))

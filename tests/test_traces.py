@@ -125,13 +125,31 @@ def profiled_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def per_step(profiled_run):
-    return traces.run_breakdown(profiled_run[0])
+def mwms_profiled_run(tmp_path_factory):
+    """The same run with two MWMS workers (`bratsbench launch`): no timeline, TensorFlow's collectives."""
+    out = tmp_path_factory.mktemp("profiled-mwms") / "runs" / "np2"
+    run(bratsbench_cmd(
+        "launch", "--backend", "mwms", "-np", "2", "--", "train", "--synthetic", "--crop", "16", "16", "16",
+        "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4", "--benchmark", "--warmup", str(WARMUP),
+        "--bench-steps", str(BENCH), "--profile-steps", f"{PROFILED[0]}:{PROFILED[1]}", "--out", str(out)))
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok" and record["world_size"] == 2 and record["engine"]["name"] == "mwms"
+    return out, record
+
+
+@pytest.fixture(scope="module", params=["horovod", "mwms"])
+def engine_run(request):
+    return request.getfixturevalue("profiled_run" if request.param == "horovod" else "mwms_profiled_run")
+
+
+@pytest.fixture(scope="module")
+def per_step(engine_run):
+    return traces.run_breakdown(engine_run[0])
 
 
 @pytest.mark.slow
-def test_each_rank_has_a_capture_tensorboard_lists(profiled_run):
-    out, _ = profiled_run
+def test_each_rank_has_a_capture_tensorboard_lists(engine_run):
+    out, _ = engine_run
     captures = traces.find_captures(out)
     assert sorted(captures) == [0, 1]
     assert all(p.is_file() and p.name.endswith(".xplane.pb") and p.stat().st_size > 10_000 for p in captures.values())
@@ -140,8 +158,8 @@ def test_each_rank_has_a_capture_tensorboard_lists(profiled_run):
 
 
 @pytest.mark.slow
-def test_breakdown_sums_to_the_step_time(per_step, profiled_run):
-    _, record = profiled_run
+def test_breakdown_sums_to_the_step_time(per_step, engine_run):
+    _, record = engine_run
     for rank in (0, 1):
         rows = per_step[per_step["rank"] == rank]
         assert list(rows["step"]) == list(range(PROFILED[0], PROFILED[1] + 1))
@@ -152,7 +170,7 @@ def test_breakdown_sums_to_the_step_time(per_step, profiled_run):
         assert (rows["step_ms"] >= rows["marker_ms"]).all()
         assert rows["plugin_step_ms"].to_numpy() == pytest.approx(rows["marker_ms"].to_numpy(), rel=0.02)
         assert (rows["compute_ms"] > 0).all()
-        assert (rows["comm_inflight_ms"] > 0).all()  # every step allreduces its gradients on every rank
+        assert (rows["comm_inflight_ms"] > 0).all()  # every step all-reduces its gradients on every rank (either engine)
         assert (rows["communication_ms"] <= rows["comm_inflight_ms"] + 1e-9).all()
 
     summary = traces.summarize_breakdown(per_step, record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pickle
 import socket
@@ -139,6 +140,14 @@ def _local_position(workers: Sequence[str], index: int) -> tuple[int, int]:
     return same.index(index), len(same)
 
 
+class _QuietRetracing(logging.Filter):
+    """TensorFlow wraps each eager collective in a fresh tf.function and then warns that it retraces; for the
+    few small gathers of a run (hostnames, checksums, validation rows) that is expected, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 class MWMSEngine(Engine):
     name = "mwms"
 
@@ -152,6 +161,7 @@ class MWMSEngine(Engine):
             check_port_free(workers[index], index)
         gpus = visible_gpus(local_rank)
         n_threads = set_threads(threads, local_size)
+        tf.get_logger().addFilter(_QuietRetracing())
         ring = tf.distribute.experimental.CommunicationImplementation
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=ring.NCCL if gpus else ring.RING, timeout_seconds=_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
@@ -159,7 +169,6 @@ class MWMSEngine(Engine):
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"MultiWorkerMirroredStrategy could not start: {str(exc).splitlines()[0]}") from None
-        self._fns: dict[str, Any] = {}
         if size > 1:
             wait_for_peers(workers, index, _seconds(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S))
         self.world = World(index, size, local_rank, local_size, gpus, n_threads)
@@ -189,22 +198,14 @@ class MWMSEngine(Engine):
         return step
 
     def _collective(self, kind: str, value: Any) -> Any:
-        """A small collective on this rank's value: "gather" (axis 0), "sum" or "mean" over ranks. Each kind is
-        one tf.function (traced once per shape class), not an eager collective that TensorFlow retraces."""
-        fns = self._fns
-        if kind not in fns:
-            strategy = self.strategy
+        """A small eager collective on this rank's value: "gather" (axis 0), "sum" or "mean" over ranks."""
+        def replica(t: Any) -> Any:
+            ctx = tf.distribute.get_replica_context()
+            if kind == "gather":
+                return ctx.all_gather(t, axis=0)
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM if kind == "sum" else tf.distribute.ReduceOp.MEAN, t)
 
-            def replica(t: Any) -> Any:
-                ctx = tf.distribute.get_replica_context()
-                if kind == "gather":
-                    return ctx.all_gather(t, axis=0)
-                op = tf.distribute.ReduceOp.SUM if kind == "sum" else tf.distribute.ReduceOp.MEAN
-                return ctx.all_reduce(op, t)
-
-            fns[kind] = tf.function(lambda t: strategy.experimental_local_results(strategy.run(replica, args=(t,)))[0],
-                                    reduce_retracing=True)
-        return fns[kind](value)
+        return self.strategy.experimental_local_results(self.strategy.run(replica, args=(value,)))[0]
 
     def _all_gather(self, array: np.ndarray) -> np.ndarray:
         return self._collective("gather", tf.constant(array)).numpy()
