@@ -59,10 +59,31 @@ def find_captures(run_dir: str | Path) -> dict[int, Path]:
     return found
 
 
+def _converter() -> Any:
+    """The profile plugin's converter: tensorboard_plugin_profile up to 2.19, xprof from 2.20 on."""
+    try:
+        from tensorboard_plugin_profile.convert import raw_to_tool_data
+    except ImportError:
+        from xprof.convert import raw_to_tool_data
+    return raw_to_tool_data
+
+
+def tool_name(xplane: str | Path, tool: str) -> str:
+    """The plugin's name of a tool: up to 2.19 they end in '^' ('trace_viewer^'), xprof drops it."""
+    try:
+        names = set(_converter().xspace_to_tool_names([str(xplane)]))
+    except Exception:  # noqa: BLE001 - an older plugin without the listing: ask for the name as given
+        return tool
+    for candidate in (tool, tool.rstrip("^"), tool.rstrip("^") + "^", tool.rstrip("^") + "@"):
+        if candidate in names:
+            return candidate
+    return tool
+
+
 def convert(xplane: str | Path, tool: str, params: dict[str, Any] | None = None) -> str:
     """One profile-plugin tool's output as text; RuntimeError when the plugin could not build it."""
-    from tensorboard_plugin_profile.convert import raw_to_tool_data
-
+    raw_to_tool_data = _converter()
+    tool = tool_name(xplane, tool)
     data, _content_type = raw_to_tool_data.xspace_to_tool_data([str(xplane)], tool, params or {})
     if data is None:
         raise RuntimeError(f"{xplane}: the profile plugin produced no '{tool}' data")
@@ -85,7 +106,10 @@ def tensorboard_runs(logdir: str | Path) -> list[str]:
     from tensorboard.backend.event_processing import data_provider
     from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
     from tensorboard.plugins import base_plugin
-    from tensorboard_plugin_profile.profile_plugin import ProfilePlugin
+    try:
+        from tensorboard_plugin_profile.profile_plugin import ProfilePlugin
+    except ImportError:  # xprof >= 2.20
+        from xprof.profile_plugin import ProfilePlugin
 
     import logging
 
@@ -302,8 +326,7 @@ def top_ops(xplane: str | Path, n: int = 10) -> pd.DataFrame:
 def _op_stats_csv(xplane: str | Path) -> str:
     """'framework_op_stats^' as CSV. TensorFlow 2.15 only knows its legacy name 'tensorflow_stats': ask for that one
     directly when the capture lists it, instead of letting the plugin fail first and log a C++ error line."""
-    from tensorboard_plugin_profile.convert import raw_to_tool_data
-
+    raw_to_tool_data = _converter()
     if "tensorflow_stats^" in raw_to_tool_data.xspace_to_tool_names([str(xplane)]):
         from tensorflow.python.profiler.internal import _pywrap_profiler  # the plugin's own converter backend
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import harness  # noqa: F401 - sets TF_USE_LEGACY_KERAS before any test module imports TensorFlow
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,7 @@ from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.errors import UserError
 from harness.losses import make_loss
-from harness.model import build_unet, count_params, freeze_encoder, level_of, training_flops
+from harness.model import build_unet, count_params, freeze_encoder, level_of, set_seed, training_flops
 from harness.model.freeze import freeze_all_but_head
 from harness.train.step import make_optimizer, make_train_step
 
@@ -19,7 +19,7 @@ CFG = ModelConfig(modalities=("t1", "t2"), base_filters=4, depth=2)
 
 
 def _model():
-    tf.keras.utils.set_random_seed(1)
+    set_seed(1)
     return build_unet(CFG, CROP)
 
 

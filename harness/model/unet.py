@@ -11,6 +11,18 @@ import tensorflow as tf
 from harness.config import ModelConfig
 
 
+def set_seed(seed: int) -> None:
+    """Python, numpy and TensorFlow seeds: the same initial weights on every rank. (tf-keras 2.18's
+    set_random_seed draws `randint(1, 1e9)`, a TypeError on Python 3.12; unseeded layers draw from `random`.)"""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.random.set_seed(seed)
+
+
 def encoder_levels(depth: int) -> list[str]:
     """Analysis-path levels in input-to-bottleneck order; freezing k means the first k of these."""
     return [f"enc{i}" for i in range(1, depth + 1)] + ["bottleneck"]

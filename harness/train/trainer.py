@@ -22,7 +22,7 @@ from harness.engines import Engine, World, default_backend, make_engine, unavail
 from harness.errors import UserError, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
-from harness.model import apply_freeze, build_unet, count_params, forward_flops, training_flops, unfreeze_all
+from harness.model import apply_freeze, build_unet, set_seed, count_params, forward_flops, training_flops, unfreeze_all
 from harness.record import new_record, utc_now
 from harness.rundir import RunDir
 from harness.train.profiling import StepProfiler
@@ -148,7 +148,7 @@ def build(cfg: RunConfig, engine: Engine, record: dict) -> Session:
     broadcast from rank 0, data source and the step function."""
     tcfg, dcfg, mcfg = cfg.train, cfg.data, cfg.model
     world = engine.world
-    tf.keras.utils.set_random_seed(tcfg.seed)  # same initial weights on every rank
+    set_seed(tcfg.seed)  # same initial weights on every rank
     if dcfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     loss_scaling = _precision(cfg, world, record)

@@ -6,12 +6,14 @@ Usage: one_step.py OUT.npz GLOBAL_BATCH [horovod|mwms]  (each of N ranks takes i
 import sys
 
 import numpy as np
+
+import harness  # noqa: F401 - picks tf-keras before TensorFlow is imported
 import tensorflow as tf
 
 from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
 from harness.losses import make_loss
-from harness.model import build_unet
+from harness.model import build_unet, set_seed
 from harness.engines import make_engine
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
 
@@ -19,7 +21,7 @@ out, global_batch = sys.argv[1], int(sys.argv[2])
 backend = sys.argv[3] if len(sys.argv) > 3 else "horovod"
 engine = make_engine(backend)
 world = engine.init(threads=1)
-tf.keras.utils.set_random_seed(7)
+set_seed(7)
 tf.config.experimental.enable_op_determinism()
 cfg = ModelConfig(modalities=("t1", "t2"), base_filters=4, depth=2)
 crop = (16, 16, 16)
