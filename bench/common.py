@@ -22,25 +22,29 @@ def env() -> dict[str, str]:
     return e
 
 
-def train_record(np_: int, args: list[str], out: Path) -> dict:
-    """Run `bratsbench train ARGS --out OUT` on np_ ranks (the project's launcher: horovodrun over Gloo when np_ > 1)."""
-    from harness.launch import launch_command
+def train_record(np_: int, args: list[str], out: Path, backend: str | None = None) -> dict:
+    """Run `bratsbench train ARGS --out OUT` on np_ ranks with the project's launcher for `backend` (horovodrun
+    over Gloo, or MWMS workers started by `bratsbench launch`; None: this environment's default engine)."""
+    from harness.launch import launch_command, launcher_for
     from harness.rundir import RunDir
 
-    cmd = launch_command(np_, [sys.executable, "-m", "harness", "train", *args, "--out", str(out)])
+    engine = ["--backend", backend] if backend else []
+    cmd = launch_command(np_, [sys.executable, "-m", "harness", "train", *args, *engine, "--out", str(out)],
+                         launcher_for(backend, "horovodrun"))
     result = subprocess.run(cmd, env=env(), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"run failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
     return RunDir(out).load_record()
 
 
-def matmul_gflops_one_thread(n: int = 2048, repeats: int = 10) -> float:
-    """TensorFlow float32 matmul rate on one intra-op thread, in a fresh process (thread pools are per process)."""
+def matmul_gflops_one_thread(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """TensorFlow matmul rate (float32 or bfloat16) on one intra-op thread, in a fresh process (thread pools are
+    per process)."""
     code = f"""
 import time, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-a = tf.random.normal(({n}, {n})); b = tf.random.normal(({n}, {n}))
+a = tf.cast(tf.random.normal(({n}, {n})), tf.{dtype}); b = tf.cast(tf.random.normal(({n}, {n})), tf.{dtype})
 f = tf.function(lambda a, b: tf.linalg.matmul(a, b))
 f(a, b).numpy()
 best = float('inf')

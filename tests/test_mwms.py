@@ -85,8 +85,8 @@ def test_launched_workers_train_identical_replicas_with_per_rank_logs(tmp_path):
     sums = record["model"]["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert record["timing"]["global_batch"] == 4 and set(record["history"][-1]["val"]) == {"ET", "TC", "WT"}
-    for rank in (0, 1):
-        assert "epoch 2" in (out / "logs" / f"rank.{rank}" / "stderr").read_text()
+    assert "epoch 2" in (out / "logs" / "rank.0" / "stderr").read_text()  # rank 0 alone prints the epoch lines
+    assert (out / "logs" / "rank.1" / "stderr").is_file()
     assert "[1]<stderr>:" in result.stderr  # the launcher relays every worker's output with its rank
 
 
