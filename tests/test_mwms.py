@@ -87,7 +87,7 @@ def test_launched_workers_train_identical_replicas_with_per_rank_logs(tmp_path):
     assert record["timing"]["global_batch"] == 4 and set(record["history"][-1]["val"]) == {"ET", "TC", "WT"}
     assert "epoch 2" in (out / "logs" / "rank.0" / "stderr").read_text()  # rank 0 alone prints the epoch lines
     assert (out / "logs" / "rank.1" / "stderr").is_file()
-    assert "[1]<stderr>:" in result.stderr  # the launcher relays every worker's output with its rank
+    assert "[0]<stderr>:" in result.stderr  # the launcher relays each worker's output, prefixed with its rank
 
 
 # --- faults --------------------------------------------------------------------------------------------

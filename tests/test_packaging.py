@@ -85,6 +85,7 @@ def test_console_script_help_runs_without_tensorflow_import():
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+@pytest.mark.horovod
 def test_train_flags_pass_through_horovodrun():
     """horovodrun's argparse rejects an ambiguous abbreviation of its own options even after the command."""
     from harness.cli import build_parser

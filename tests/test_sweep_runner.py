@@ -245,6 +245,7 @@ def test_failed_pretraining_is_recorded_and_its_dependents_fail_without_running(
 
 
 @pytest.mark.slow
+@pytest.mark.horovod  # kills Horovod rank 1 (test_engines_sweep does the same to an MWMS worker)
 def test_sweep_survives_a_killed_rank_and_resumes_only_missing_runs(tmp_path):
     spec = write_spec(tmp_path / "s.yaml", name="flow", axes={"np": [2, 1], "mode": ["transfer"]}, transfer=TRANSFER)
     results = tmp_path / "res"

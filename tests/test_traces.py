@@ -137,7 +137,7 @@ def mwms_profiled_run(tmp_path_factory):
     return out, record
 
 
-@pytest.fixture(scope="module", params=["horovod", "mwms"])
+@pytest.fixture(scope="module", params=[pytest.param("horovod", marks=pytest.mark.horovod), "mwms"])
 def engine_run(request):
     return request.getfixturevalue("profiled_run" if request.param == "horovod" else "mwms_profiled_run")
 
@@ -186,6 +186,7 @@ def test_breakdown_sums_to_the_step_time(per_step, engine_run):
 
 
 @pytest.mark.slow
+@pytest.mark.horovod
 def test_top_ops_name_the_convolutions(profiled_run):
     for rank, xplane in traces.find_captures(profiled_run[0]).items():
         ops = traces.top_ops(xplane, n=15)
@@ -198,6 +199,7 @@ def test_top_ops_name_the_convolutions(profiled_run):
 
 
 @pytest.mark.slow
+@pytest.mark.horovod
 def test_horovod_timeline_shows_both_ranks_allreducing(profiled_run):
     summary = traces.timeline_summary(traces.read_timeline(profiled_run[0] / "timeline.json"))
     phases = summary.phases.set_index("phase")
@@ -213,6 +215,7 @@ def test_horovod_timeline_shows_both_ranks_allreducing(profiled_run):
 
 
 @pytest.mark.slow
+@pytest.mark.horovod
 def test_analyze_reports_the_profile(profiled_run, cli):
     out, _ = profiled_run
     results = out.parent.parent

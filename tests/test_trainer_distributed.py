@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.horovod  # every test here runs Horovod
+
 from tests.conftest import REPO, bratsbench_cmd, horovodrun_cmd, run
 
 SCRIPT = str(REPO / "tests" / "scripts" / "one_step.py")
