@@ -1,4 +1,6 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv first (skipped when done).
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first (skipped when done), for
+# PYTHON (default python3: 3.11 or 3.12 get TensorFlow 2.18 + Horovod, 3.13 gets TensorFlow 2.21, MWMS only).
+# `make test` then runs the Horovod-free tests on the Python 3.13 stack too (.venv-py313), where 3.13 exists.
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -12,6 +14,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+	@bash scripts/test-py313.sh
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The second half of `make test`: the Python 3.13 stack (TensorFlow 2.21, MultiWorkerMirroredStrategy only) in its
+# own environment, running every test that does not need Horovod. Where the machine has no Python 3.13 it says so
+# (never a silent skip) and exits 0: the Python 3.11/3.12 suite has already run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV313=${VENV313:-.venv-py313}
+if [ -x "${VENV:-.venv}/bin/python" ] && [ "$("${VENV:-.venv}/bin/python" -c 'import sys; print(sys.version_info[:2] == (3, 13))')" = True ]; then
+  echo "[test-py313] the main environment is already the Python 3.13 stack: nothing more to run"
+  exit 0
+fi
+py=${PYTHON313:-}
+if [ -z "$py" ]; then
+  py=$(command -v python3.13 2>/dev/null || true)
+fi
+if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
+  py=$(ls "$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -n 1 || true)
+fi
+if [ -z "$py" ]; then
+  echo "[test-py313] no Python 3.13 on this machine (python3.13, PYTHON313 or pyenv): the MWMS-only stack was NOT tested"
+  exit 0
+fi
+echo "[test-py313] Python 3.13 stack with $py in $VENV313"
+VENV=$VENV313 PYTHON=$py bash scripts/setup.sh
+exec "$VENV313/bin/python" -m pytest -q -m "not horovod" tests
