@@ -104,18 +104,6 @@ def _split(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def check_port_free(address: str, index: int) -> None:
-    """The port this worker's server will listen on must be free: a taken one is a clear error now, not a hang."""
-    host, port = _split(address)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise UserError(f"MWMS worker {index}: port {port} of {address} is taken by another process") from None
-            raise UserError(f"MWMS worker {index}: cannot listen on {address}: {exc.strerror}") from None
-
-
 def wait_for_peers(workers: Sequence[str], index: int, deadline_s: float) -> None:
     """Every other worker's server answers on its port, or a one-line error naming the missing one."""
     start = time.monotonic()
@@ -132,6 +120,28 @@ def wait_for_peers(workers: Sequence[str], index: int, deadline_s: float) -> Non
                     raise UserError(f"MWMS worker {i} at {address} did not answer within {deadline_s:g} s "
                                     f"(TF_CONFIG lists {len(workers)} workers; is every one started?)") from None
                 time.sleep(0.2)
+
+
+def rendezvous(workers: Sequence[str], index: int, deadline_s: float) -> None:
+    """Before the strategy: hold this worker's port with a plain listener (a taken port is a clear error now)
+    until every other worker answers on its own, then free it for the strategy's server.
+
+    The strategy's constructor waits (for an hour, inside TensorFlow, no Python running) until every worker has
+    joined; meeting first makes a missing worker a one-line error instead of a hang."""
+    host, port = _split(workers[index])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        try:
+            listener.bind(("", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"MWMS worker {index}: port {port} of {workers[index]} is taken by another process") from None
+            raise UserError(f"MWMS worker {index}: cannot listen on {workers[index]}: {exc.strerror}") from None
+        listener.listen(64)
+        wait_for_peers(workers, index, deadline_s)
+    finally:
+        listener.close()
 
 
 def _local_position(workers: Sequence[str], index: int) -> tuple[int, int]:
@@ -160,19 +170,18 @@ class MWMSEngine(Engine):
         local_rank, local_size = _local_position(workers, index) if raw else (0, 1)
         if raw:
             os.environ["TF_CONFIG"] = raw
-            check_port_free(workers[index], index)
         gpus = visible_gpus(local_rank)
         n_threads = set_threads(threads, local_size)
         tf.get_logger().addFilter(_QuietRetracing())
         ring = tf.distribute.experimental.CommunicationImplementation
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=ring.NCCL if gpus else ring.RING, timeout_seconds=_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        if size > 1:
+            rendezvous(workers, index, _seconds(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S))
         try:
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"MultiWorkerMirroredStrategy could not start: {str(exc).splitlines()[0]}") from None
-        if size > 1:
-            wait_for_peers(workers, index, _seconds(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S))
         self.world = World(index, size, local_rank, local_size, gpus, n_threads)
         return self.world
 
