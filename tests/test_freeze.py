@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from harness.config import ModelConfig, TrainConfig
 from harness.data.synthetic_tensors import make_samples
+from harness.engines import LocalEngine
 from harness.errors import UserError
 from harness.losses import make_loss
 from harness.model import build_unet, count_params, freeze_encoder, level_of, set_seed, training_flops
@@ -27,7 +28,7 @@ def _levels_after_steps(model, steps=2):
     before = {w.name: w.numpy().copy() for w in model.weights}
     opt = make_optimizer(TrainConfig(lr=1e-2, lr_scaling=False), 1, False)
     opt.build(model.trainable_variables)
-    step = make_train_step(model, opt, make_loss("dice_ce"), distributed=False)
+    step = make_train_step(model, opt, make_loss("dice_ce"), LocalEngine())  # one process: no collectives
     x, y = make_samples(2, CROP, 2, seed=0)
     for _ in range(steps):
         step(tf.constant(x), tf.constant(y))
