@@ -301,7 +301,11 @@ def plugin_step_times(xplane: str | Path) -> dict[int, float]:
         cells = [c.get("v") for c in row.get("c", [])]
         match = re.search(r"(\d+)\s*$", str(cells[0])) if cells else None
         if match:
-            out[int(match.group(1))] = sum(float(v) for k, v in zip(ids, cells) if k.endswith("TimeMs") and v is not None)
+            values = dict(zip(ids, cells))
+            if values.get("stepTimeMs") is not None:  # plugin >= 2.18 adds the total beside its parts
+                out[int(match.group(1))] = float(values["stepTimeMs"])
+            else:
+                out[int(match.group(1))] = sum(float(v) for k, v in values.items() if k.endswith("TimeMs") and v is not None)
     return out
 
 

@@ -183,10 +183,10 @@ def test_missing_peer_is_one_line_before_training(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_unknown_backend_and_horovod_where_missing(tmp_path, cli):
+def test_unknown_backend_and_horovod_where_missing(tmp_path, cli, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli("train", *SMALL, "--backend", "gloo", "--out", str(tmp_path / "x"))
-    assert exit_.value.code == 2
+    assert exit_.value.code == 2 and "invalid choice: 'gloo'" in capsys.readouterr().err
     from harness.engines import unavailable
 
     problem = unavailable("horovod")
