@@ -54,6 +54,7 @@ def shown_lines(stream: str) -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "horovod: needs Horovod (the Python 3.13 stack has none: `-m 'not horovod'`)")
+    config.addinivalue_line("markers", "mwms: MultiWorkerMirroredStrategy tests, run on the Python 3.13 stack too")
 
 
 def pytest_collection_modifyitems(config, items):

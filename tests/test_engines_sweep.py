@@ -9,6 +9,8 @@ import time
 
 import psutil
 import pytest
+
+pytestmark = pytest.mark.mwms  # run on every stack, the Python 3.13 one included
 import yaml
 
 from harness.engines import unavailable

@@ -16,6 +16,8 @@ import numpy as np
 import psutil
 import pytest
 
+pytestmark = pytest.mark.mwms  # run on every stack, the Python 3.13 one included
+
 from harness.engines.mwms import _tasks_per_node, read_cluster, slurm_tf_config, tf_config
 from harness.errors import UserError
 from tests.conftest import REPO, bratsbench_cmd, proc_env, run
