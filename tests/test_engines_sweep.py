@@ -49,8 +49,8 @@ def test_backend_axis_gives_engines_side_by_side(tmp_path, cli):
     import pandas as pd
 
     table = pd.read_csv(results / "analysis" / "scaling.csv")
-    for backend in BOTH:
-        rows = table[table["group"].str.contains(f"backend {backend}")]
+    for backend in BOTH:  # a group label names the backend where more than one engine ran
+        rows = table[table["group"].str.contains(f"backend {backend}")] if len(BOTH) > 1 else table
         assert sorted(rows["np"]) == [1, 2], table[["group", "np"]]
     assert (results / "analysis" / "scaling_weak.png").read_bytes()[:4] == b"\x89PNG"
 

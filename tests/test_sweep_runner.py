@@ -151,7 +151,11 @@ def test_only_adds_pretraining_and_dry_run_writes_nothing(tmp_path):
     lines = out.getvalue().splitlines()
     assert len(lines) == len(runs) and not (tmp_path / "res").exists()
     np2 = next(line for line in lines if "np2-b1-k0-transfer" in line)
-    assert "horovodrun -np 2 -H localhost:2 --gloo --output-filename" in np2 and "--config" in np2
+    from harness.engines import unavailable
+
+    launcher = "horovodrun -np 2 -H localhost:2 --gloo --output-filename" if unavailable("horovod") is None else (
+        "launch --backend mwms -np 2 --logs")  # this environment's default engine
+    assert launcher in np2 and "--config" in np2
     # the pre-training run is named in the planned config, and becomes its checkpoint folder in config.json
     pre = picked[0]
     assert picked[1].config.train.init_from == f"run:{pre.run_id}"
