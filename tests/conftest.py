@@ -69,6 +69,15 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=problem))
 
 
+def final_weights(run_dir: Path) -> dict:
+    """The model weights of a run's latest checkpoint, by checkpoint name (to compare two runs exactly)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(Path(run_dir) / "checkpoints"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `bratsbench ARGS` in-process; returns (exit code, stdout, stderr)."""

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.mwms  # run on every stack, the Python 3.13 one include
 
 from harness.engines.mwms import _tasks_per_node, read_cluster, slurm_tf_config, tf_config
 from harness.errors import UserError
-from tests.conftest import REPO, bratsbench_cmd, proc_env, run
+from tests.conftest import REPO, bratsbench_cmd, final_weights as _final_weights, proc_env, run
 
 SCRIPT = str(REPO / "tests" / "scripts" / "one_step.py")
 SMALL = ["--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4",
@@ -110,14 +110,6 @@ def _worker(proc: subprocess.Popen, index: int, ready) -> psutil.Process | None:
 
 ARGS = [*SMALL[:-2], "--synthetic-samples", "8", "--batch-size", "1", "--epochs", "4", "--checkpoint-every", "3",
         "--seed", "5", "--threads", "1"]
-
-
-def _final_weights(run_dir):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints"))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
-    return {n: reader.get_tensor(n) for n in names}
 
 
 @pytest.mark.slow

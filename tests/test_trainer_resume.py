@@ -10,18 +10,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import bratsbench_cmd, proc_env, run
+from tests.conftest import bratsbench_cmd, final_weights as _final_weights, proc_env, run
 
 ARGS = ["--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2", "--synthetic-samples", "8",
         "--batch-size", "1", "--epochs", "4", "--checkpoint-every", "3", "--seed", "5", "--threads", "1"]
-
-
-def _final_weights(run_dir):
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(str(run_dir / "checkpoints"))
-    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
-    return {n: reader.get_tensor(n) for n in names}
 
 
 @pytest.mark.slow
