@@ -10,12 +10,16 @@ if [ -x "${VENV:-.venv}/bin/python" ] && [ "$("${VENV:-.venv}/bin/python" -c 'im
   echo "[test-py313] the main environment is already the Python 3.13 stack: nothing more to run"
   exit 0
 fi
+runs() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; }
 py=${PYTHON313:-}
-if [ -z "$py" ]; then
-  py=$(command -v python3.13 2>/dev/null || true)
+if ! runs "$py"; then
+  py=$(command -v python3.13 2>/dev/null || true)  # may be a pyenv shim for a version that is not active
 fi
-if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
+if ! runs "$py" && command -v pyenv >/dev/null 2>&1; then
   py=$(ls "$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -n 1 || true)
+fi
+if ! runs "$py"; then
+  py=""
 fi
 if [ -z "$py" ]; then
   echo "[test-py313] no Python 3.13 on this machine (python3.13, PYTHON313 or pyenv): the MWMS-only stack was NOT tested"
