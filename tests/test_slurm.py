@@ -96,3 +96,39 @@ def test_emitted_array_runs_under_slurm(slurm_cluster, tmp_path, cli):  # noqa: 
     assert {p.name for p in task_logs} == expected
     index = json.loads((results / "sweep.json").read_text())
     assert {rid: index["runs"][rid]["status"] for rid in ids} == {rid: "ok" for rid in ids}
+
+
+MWMS_SPEC = """
+name: mwmsslurm
+axes:
+  np: [2]
+  backend: [mwms]
+fixed:
+  model: {base_filters: 4, depth: 2, modalities: [t1, t2]}
+  data: {synthetic: true, crop: [16, 16, 16], synthetic_samples: 4, val_cases: 1}
+  train: {batch_size: 1, benchmark: true, bench_warmup: 2, bench_steps: 3, threads: 1}
+timeout_s: 600
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.mwms
+def test_emitted_mwms_task_builds_tf_config_from_srun(slurm_cluster, tmp_path, cli):  # noqa: F811
+    """Two MWMS workers started by srun find each other through TF_CONFIG built from SLURM's step variables."""
+    spec = tmp_path / "mwms.yaml"
+    spec.write_text(MWMS_SPEC)
+    jobs, results = tmp_path / "jobs", tmp_path / "results"
+    code, out, err = cli("sweep", "emit", str(spec), "--scheduler", "slurm", "--out", str(jobs), "--results", str(results),
+                         "--time", "00:10:00", "--launcher", "srun")
+    assert code == 0, err
+    (run,) = json.loads((jobs / "plan.json").read_text())["plan"]
+    env = proc_env(SLURM_CONF=slurm_cluster.env["SLURM_CONF"])
+    slurm_cluster.run(["bash", str(jobs / "submit.sh")], env=env)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline and _index_status(results, run["run_id"]) not in ("ok", "failed"):
+        time.sleep(1)
+    context = "\n".join(p.read_text()[-3000:] for p in sorted((jobs / "logs").glob("*.out"))) + slurm_cluster.logs(10)
+    record = _records(results, [run["run_id"]]).get(run["run_id"], {})
+    assert record.get("status") == "ok", context
+    assert record["engine"]["name"] == "mwms" and record["world_size"] == 2
+    assert len(record["model"]["replica_checksums"]) == 2 and len(set(record["model"]["replica_checksums"])) == 1
