@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from harness.engines.base import cpu_bf16_instructions
 from tests.conftest import bratsbench_cmd, run
 
 SMALL = ["--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4",
@@ -16,9 +17,27 @@ SMALL = ["--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--de
 @pytest.mark.parametrize("flag, precision", [("--amp", "mixed_bfloat16"), ("--xla", None)])
 def test_amp_and_xla_train(tmp_path, flag, precision):
     out = tmp_path / "run"
-    run(bratsbench_cmd("train", *SMALL, flag, "--out", str(out)))
+    result = run(bratsbench_cmd("train", *SMALL, flag, "--out", str(out)))
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok"
     assert record["extra"].get("precision") == precision
+    if precision:  # bfloat16 without the instructions for it is emulated: the user is told, and the record says so
+        assert record["extra"]["cpu_bf16_instructions"] == cpu_bf16_instructions()
+        assert ("no bfloat16 instructions" in result.stderr) == (not cpu_bf16_instructions())
     losses = [h["loss"] for h in record["history"]]
     assert len(losses) == 2 and losses[1] < losses[0]
+
+
+@pytest.mark.parametrize("flags, found", [
+    ("fpu avx2 fma", []),
+    ("fpu avx512f avx512_bf16 avx2", ["avx512_bf16"]),
+    ("amx_tile amx_bf16 avx512_bf16", ["amx_bf16", "avx512_bf16"]),
+])
+def test_cpu_bf16_instructions_from_cpuinfo(tmp_path, flags, found):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+    assert cpu_bf16_instructions(str(info)) == found
+
+
+def test_cpu_bf16_instructions_without_cpuinfo(tmp_path):
+    assert cpu_bf16_instructions(str(tmp_path / "missing")) == []

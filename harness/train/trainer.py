@@ -19,6 +19,7 @@ import tensorflow as tf
 from harness.checkpoint import check_compatible
 from harness.config import RunConfig
 from harness.engines import Engine, World, default_backend, make_engine, unavailable
+from harness.engines.base import cpu_bf16_instructions
 from harness.errors import UserError, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
@@ -138,6 +139,12 @@ def _precision(cfg: RunConfig, world: World, record: dict) -> bool:
         policy = "mixed_float16" if loss_scaling else "mixed_bfloat16"
         tf.keras.mixed_precision.set_global_policy(policy)
         record["extra"]["precision"] = policy
+        if not loss_scaling:
+            native = cpu_bf16_instructions()
+            record["extra"]["cpu_bf16_instructions"] = native
+            if not native and world.is_root:
+                log.warning("--amp: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
+                            "bfloat16 is emulated and training runs slower than float32")
     if cfg.train.xla:
         tf.config.optimizer.set_jit(True)  # auto-clustering leaves Horovod's ops outside XLA clusters
     return loss_scaling
