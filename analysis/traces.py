@@ -40,6 +40,7 @@ HOROVOD_PREFIX = "Horovod"
 # op types that move data between ranks: Horovod's ops, and TensorFlow's collectives (MWMS: CollectiveReduceV2,
 # CollectiveGatherV2, CollectiveBcast*), whose op event on the collective_ops thread spans the transfer in flight
 COMM_PREFIXES = (HOROVOD_PREFIX, "Collective")
+_TF_COLLECTIVE_RUNTIME = ("CollectiveExecutor::", "BaseCollectiveExecutor::", "CollectiveOpV2Kernel::")
 _GETNEXT = re.compile(r"IteratorGetNext")
 
 Interval = tuple[float, float]
@@ -211,7 +212,8 @@ def _compute_intervals(tr: _Trace) -> list[Interval]:
 
 def _comm_intervals(tr: _Trace) -> list[Interval]:
     """Collectives in flight: Horovod's async Start on the executor thread until the Done callback; TensorFlow's
-    collective ops (MWMS) for the length of their op event."""
+    collective ops (MWMS) for the length of their op event, and their executor's own events (parameter resolution
+    with the peers, execution): the profiler sometimes loses the op event of the last captured step, not those."""
     starts: dict[tuple[str, str], dict[str, Any]] = {}
     done: dict[tuple[str, str], dict[str, Any]] = {}
     spans: list[Interval] = []
@@ -225,6 +227,8 @@ def _comm_intervals(tr: _Trace) -> list[Interval]:
                 done.setdefault(key, e)
         elif "is_eager" in args and str(args.get("long_name", "")).rsplit(":", 1)[-1].startswith(COMM_PREFIXES):
             spans.append((e["ts"], e["_end"]))  # a TensorFlow collective, or a synchronous Horovod op
+        elif e["name"].startswith(_TF_COLLECTIVE_RUNTIME):
+            spans.append((e["ts"], e["_end"]))
     for key, start in starts.items():
         end = done[key]["_end"] if key in done else start["_end"]
         spans.append((start["ts"], end))

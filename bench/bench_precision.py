@@ -1,8 +1,9 @@
 """Training FLOP/s per rank in float32 and with --amp (bfloat16 on CPUs), each against a one-thread matmul of
 the same precision measured in the same run (np=1, one thread, the demo-size model).
 
-Seen on this machine's Xeon (AMX) with TF 2.15: matmul 183 GFLOP/s fp32, 690 bf16; --amp training only 1.56x
-faster than fp32 (issue 2/4). Rounds interleave fp32 and bf16 (matmul and training) so a slow phase of the shared
+Seen on an Intel Xeon with AMX and TF 2.15: matmul 183 GFLOP/s fp32, 690 bf16; --amp training only 1.56x faster
+than fp32 (issue 2/4). On an AVX2-only AMD EPYC with TF 2.18 bf16 is emulated: the bf16 matmul is no faster than
+fp32 and --amp training is 5x slower (the trainer warns). Rounds interleave fp32 and bf16 (matmul and training) so a slow phase of the shared
 machine hits both; each figure is the median over rounds with its min-max.
 Usage: python bench/bench_precision.py [--crop 48] [--filters 16] [--steps 6] [--rounds 3]
 """

@@ -126,14 +126,16 @@ def profiled_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mwms_profiled_run(tmp_path_factory):
-    """The same run with two MWMS workers (`bratsbench launch`): no timeline, TensorFlow's collectives."""
+    """The same run with two MWMS workers (`bratsbench launch`): TensorFlow's collectives; a timeline asked for is
+    refused with a warning (MWMS has none)."""
     out = tmp_path_factory.mktemp("profiled-mwms") / "runs" / "np2"
-    run(bratsbench_cmd(
+    result = run(bratsbench_cmd(
         "launch", "--backend", "mwms", "-np", "2", "--", "train", "--synthetic", "--crop", "16", "16", "16",
         "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4", "--benchmark", "--warmup", str(WARMUP),
-        "--bench-steps", str(BENCH), "--profile-steps", f"{PROFILED[0]}:{PROFILED[1]}", "--out", str(out)))
+        "--bench-steps", str(BENCH), "--profile-steps", f"{PROFILED[0]}:{PROFILED[1]}", "--hvd-timeline", "--out", str(out)))
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and record["world_size"] == 2 and record["engine"]["name"] == "mwms"
+    assert "the mwms engine has no timeline" in result.stdout + result.stderr and not (out / "timeline.json").exists()
     return out, record
 
 

@@ -71,6 +71,7 @@ class Engine(abc.ABC):
     """The interface; the defaults are those of one process (size 1, no collectives)."""
 
     name = "local"
+    has_timeline = False  # an engine-level trace of its collectives (Horovod's timeline)
     world: World
 
     @abc.abstractmethod

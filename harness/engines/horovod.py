@@ -14,6 +14,7 @@ CPU_CYCLE_TIME_MS = 5
 
 class HorovodEngine(Engine):
     name = "horovod"
+    has_timeline = True
 
     def init(self, threads: int | None = None, timeline: bool = False) -> World:
         if timeline:

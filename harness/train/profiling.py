@@ -9,12 +9,15 @@ profile plugin's step views find their markers.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import tensorflow as tf
 
 from harness.engines import Engine
 from harness.rundir import RunDir
+
+log = logging.getLogger("bratsbench.train")
 
 
 class StepProfiler:
@@ -23,6 +26,11 @@ class StepProfiler:
         world = engine.world
         self.window = tuple(steps) if steps else None
         self.timeline = timeline and self.window is not None
+        if self.timeline and not engine.has_timeline:
+            self.timeline = False
+            if world.is_root:
+                log.warning("--hvd-timeline: the %s engine has no timeline; its collectives are in the profiler "
+                            "trace (%s)", engine.name, run.profile)
         self.logdir = run.profile_rank(world.rank)
         self.timeline_path = run.timeline.resolve()
         self.active = False
