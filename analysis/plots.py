@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from analysis import tables
@@ -28,16 +29,24 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _ci_bars(g: pd.DataFrame, col: str) -> np.ndarray:
+    """Asymmetric error bars (2 x n) from a table's `col`_ci_low/high; none (0) where a point has no CI."""
+    low = (g[col] - g[f"{col}_ci_low"]).fillna(0).clip(lower=0)
+    high = (g[f"{col}_ci_high"] - g[col]).fillna(0).clip(lower=0)
+    return np.vstack([low.to_numpy(float), high.to_numpy(float)])
+
+
 def scaling_png(table: pd.DataFrame, kind: str, path: str | Path) -> Path:
-    """Throughput vs ranks with each series' ideal line (left) and parallel efficiency (right)."""
+    """Throughput vs ranks with each series' ideal line (left) and parallel efficiency (right); bars: 95% CIs."""
     plt = _plt()
     data = table[table["scaling"] == kind]
     fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
     for i, (group, g) in enumerate(data.groupby("group", sort=False)):
         colour = f"C{i % 10}"
-        ax.errorbar(g["np"], g["throughput"], yerr=g["throughput_sd"].fillna(0), marker="o", color=colour, label=group, capsize=3)
+        ax.errorbar(g["np"], g["throughput"], yerr=_ci_bars(g, "throughput"), marker="o", color=colour, label=group, capsize=3)
         ax.plot(g["np"], g["ideal"], linestyle="--", color=colour, alpha=0.7, label=f"ideal ({group})" if len(data["group"].unique()) > 1 else "ideal (linear)")
-        ax_eff.plot(g["np"], 100 * g["efficiency"], marker="o", color=colour, label=group)
+        ax_eff.errorbar(g["np"], 100 * g["efficiency"], yerr=100 * _ci_bars(g, "efficiency"), marker="o", color=colour,
+                        label=group, capsize=3)
     ticks = sorted(data["np"].unique())
     fixed = "per-rank batch fixed" if kind == "weak" else "global batch fixed"
     ax.set(xlabel="ranks (np)", ylabel="throughput (samples/s)", title=f"{kind} scaling ({fixed})", xticks=ticks)

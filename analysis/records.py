@@ -110,6 +110,8 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "sweep_scaling": sweep.get("scaling"),
         "sweep_mode": sweep.get("mode"),
         "sweep_label": sweep.get("label"),
+        "repeat": int(cfg.get("repeat") or 0),
+        "seed": train.get("seed"),
     }
 
 

@@ -47,12 +47,14 @@ def _write(df: pd.DataFrame, out: Path, stem: str, section: Section, caption: st
 def scaling_section(records: list[dict], out: Path) -> Section:
     s = Section("scaling", "Scaling: throughput vs ranks", about=(
         "Weak scaling fixes the per-rank batch, strong scaling the global batch. speedup = throughput(np) / "
-        "throughput(smallest np), efficiency = speedup / (np / smallest np), ideal = linear from the smallest np."))
+        "throughput(smallest np), efficiency = speedup / (np / smallest np), ideal = linear from the smallest np. "
+        "Each point is the median of its repeats [95% bootstrap CI]; a speedup pairs the repeats of the same round; "
+        "noisy: the repeats spread more than 10% (CV)."))
     table = tables.scaling_table(records)
     if table.empty:
         s.skipped = "no series of >= 2 rank counts that share the per-rank (weak) or global (strong) batch and all other settings"
         return s
-    _write(table, out, "scaling", s)
+    _write(table, out, "scaling", s, display=tables.scaling_view(table))
     for kind in ("weak", "strong"):
         if (table["scaling"] == kind).any():
             s.files.append(plots.scaling_png(table, kind, out / f"scaling_{kind}.png"))

@@ -96,36 +96,85 @@ def _labels(series: list[tuple[pd.Series, pd.DataFrame]], keys: Sequence[str], f
     return [settings_label(first, names) or fallback for first in rows]
 
 
+def _paired(g: pd.DataFrame, base: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Throughputs of a point and of its baseline paired by (repeat, seed): the runs made in the same round."""
+    mine = g.groupby(["repeat", "seed"], dropna=False)["throughput"].median()
+    ref = base.groupby(["repeat", "seed"], dropna=False)["throughput"].median()
+    both = mine.index.intersection(ref.index)
+    return list(mine[both]), list(ref[both])
+
+
+SCALING_COLUMNS = ["scaling", "group", "np", "batch_size", "global_batch", "runs", "throughput", "throughput_ci_low",
+                   "throughput_ci_high", "throughput_cv", "ideal", "speedup", "speedup_ci_low", "speedup_ci_high",
+                   "efficiency", "efficiency_ci_low", "efficiency_ci_high", "step_time_ms", "noisy"]
+
+
 def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Throughput against the number of ranks, with the ideal line, speedup and efficiency.
+    """Throughput against the number of ranks, with the ideal line, speedup and efficiency, each with a 95% CI.
 
     Weak scaling keeps the per-rank batch fixed, strong scaling the global batch; a record whose
     extra.sweep.scaling names one kind only joins that kind. Within a series the baseline is the smallest np
-    (normally 1): speedup = throughput(np) / throughput(base), ideal = throughput(base) * np / base_np,
-    efficiency = speedup / (np / base_np). Repeated runs of one point are averaged. Group labels name only the
-    settings that differ between series.
+    (normally 1). A point is the median throughput of its repeats with a bootstrap CI (analysis.stats); its
+    speedup is the median of throughput(np) / throughput(base) over repeats paired by round (repeat, seed), with
+    a bootstrap CI over the pairs; ideal = median throughput(base) * np / base_np, efficiency = speedup / (np /
+    base_np). With one repeat the CIs are empty ("-"). `noisy` flags a point whose repeats (or paired ratios)
+    spread more than analysis.stats.WIDE_CV. Group labels name only the settings that differ between series.
     """
+    from analysis.stats import median_ci, ratio_ci
+
     df = _key_frame(records, "throughput")
     found = []
     for kind, fixed in (("weak", "batch_size"), ("strong", "global_batch")):
         sel = df[df["sweep_scaling"].isna() | (df["sweep_scaling"] == kind)] if not df.empty else df
-        found += [(kind, fixed, first, points) for first, points in _series(sel, [*COST_KEYS, fixed], "np", "throughput")]
-    labels = _labels([(f, p) for _, _, f, p in found], COST_KEYS, "")
+        for _, g in sel.groupby([*COST_KEYS, fixed], sort=True, dropna=False) if not sel.empty else []:
+            if g["np"].nunique() >= 2:
+                found.append((kind, fixed, g))
+    labels = _labels([(g.iloc[0], g) for _, _, g in found], COST_KEYS, "")
     rows = []
-    for (kind, fixed, first, points), label in zip(found, labels):
-        label = "; ".join(x for x in (label, f"{'per-rank' if kind == 'weak' else 'global'} batch {int(first[fixed])}") if x)
-        base = points.iloc[0]
-        for p in points.itertuples(index=False):
-            speedup = p.mean / base["mean"]
-            scale = p.np / base["np"]
+    for (kind, fixed, g), label in zip(found, labels):
+        label = "; ".join(x for x in (label, f"{'per-rank' if kind == 'weak' else 'global'} batch {int(g.iloc[0][fixed])}") if x)
+        points = [(int(n), p) for n, p in g.groupby("np", sort=True)]
+        base_np, base = points[0]
+        base_median = median_ci(base["throughput"]).value
+        for n, p in points:
+            thr = median_ci(p["throughput"])
+            num, den = _paired(p, base)
+            if num:
+                speed = ratio_ci(num, den)
+            else:  # no runs of the same round to pair: the ratio of the medians, without a CI
+                speed = ratio_ci([thr.value], [base_median])
+            scale = n / base_np
             rows.append({
-                "scaling": kind, "group": label, "np": int(p.np), "batch_size": p.batch_size,
-                "global_batch": p.global_batch, "runs": int(p.runs), "throughput": p.mean,
-                "throughput_sd": p.sd, "ideal": base["mean"] * scale, "speedup": speedup,
-                "efficiency": speedup / scale, "step_time_ms": p.step_time_s * 1e3 if p.step_time_s else math.nan,
+                "scaling": kind, "group": label, "np": n, "batch_size": p["batch_size"].iloc[0],
+                "global_batch": p["global_batch"].iloc[0], "runs": len(p), "throughput": thr.value,
+                "throughput_ci_low": thr.low, "throughput_ci_high": thr.high, "throughput_cv": thr.cv,
+                "ideal": base_median * scale, "speedup": speed.value, "speedup_ci_low": speed.low,
+                "speedup_ci_high": speed.high, "efficiency": speed.value / scale,
+                "efficiency_ci_low": speed.low / scale, "efficiency_ci_high": speed.high / scale,
+                "step_time_ms": float(p["step_time_s"].median()) * 1e3 if p["step_time_s"].notna().any() else math.nan,
+                "noisy": bool(thr.wide or (n != base_np and speed.wide)),
             })
-    return pd.DataFrame(rows, columns=["scaling", "group", "np", "batch_size", "global_batch", "runs", "throughput",
-                                       "throughput_sd", "ideal", "speedup", "efficiency", "step_time_ms"])
+    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+
+
+def with_ci(value: float, low: float, high: float, digits: int = 3) -> str:
+    """'1.74 [1.70, 1.78]', or the value alone where there is no CI (one repeat)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def scaling_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The scaling table as printed: each estimate with its 95% CI in brackets, the spread as CV in %."""
+    view = table[["scaling", "group", "np", "global_batch", "runs"]].copy()
+    for col in ("throughput", "speedup", "efficiency"):
+        view[col if col != "throughput" else "throughput (samples/s)"] = [
+            with_ci(v, lo, hi) for v, lo, hi in zip(table[col], table[f"{col}_ci_low"], table[f"{col}_ci_high"])]
+    view["cv %"] = (100 * table["throughput_cv"]).round(1)
+    view["noisy"] = ["yes" if n else "" for n in table["noisy"]]
+    return view
 
 
 # ---------------------------------------------------------------- batch size and freeze depth

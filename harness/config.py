@@ -205,8 +205,13 @@ class RunConfig:
     out: str = "runs/run"
     name: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)  # labels a study attaches (copied to record.extra)
+    # which repeat of an otherwise identical run: a benchmark repeats a point to measure its spread, so a repeat
+    # is its own run (own ID and record) that computes the same thing
+    repeat: int = 0
 
     def validate(self) -> "RunConfig":
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 0:
+            raise UserError(f"repeat {self.repeat!r} must be an integer >= 0")
         self.model.validate()
         self.data.validate(self.model.depth)
         self.train.validate(self.model.depth)
@@ -239,6 +244,8 @@ class RunConfig:
         ident = self.to_dict()
         for key in ("out", "name", "tags"):
             ident.pop(key, None)
+        if not ident.get("repeat"):
+            ident.pop("repeat", None)  # repeat 0 keeps the IDs runs had before repeats existed
         return ident
 
 

@@ -18,7 +18,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def make_record(np_: int = 1, batch: int = 2, throughput: float | None = None, step_s: float | None = None,
                 crop: int = 32, freeze: int = 0, params: int = 1000, extra: dict | None = None,
-                history: list | None = None, metrics: dict | None = None, benchmark: bool = True) -> dict:
+                history: list | None = None, metrics: dict | None = None, benchmark: bool = True,
+                repeat: int = 0) -> dict:
     """A run record as the trainer writes it (only the fields the analysis reads are meaningful)."""
     global_batch = batch * np_
     if throughput is None:
@@ -33,6 +34,7 @@ def make_record(np_: int = 1, batch: int = 2, throughput: float | None = None, s
             "train": {"batch_size": batch, "freeze_depth": freeze, "amp": False, "xla": False, "loss": "dice_ce",
                       "threads": None, "benchmark": benchmark},
             "out": "ignored",
+            "repeat": repeat,
         },
         "world_size": np_,
         "model": {"params_trainable": params, "params_total": 1000},
@@ -101,6 +103,34 @@ def test_scaling_weak_and_strong_speedup_and_efficiency():
     # the sweep-marked strong runs (global batch 4 at np=1, 8 at np=2) are no weak series of batch 4
     assert t[(t["scaling"] == "weak") & (t["batch_size"] == 4)].empty
     assert set(t["np"][t["group"].str.contains("crop 64")]) == set()
+
+
+def test_scaling_repeats_give_medians_and_paired_speedups_with_cis():
+    from analysis.stats import median_ci, ratio_ci
+
+    np1 = [10.0, 10.4, 6.0, 9.8, 10.1]  # round 2 was a slow phase of the machine, for both points
+    np2 = [18.2, 18.6, 10.9, 17.5, 18.3]
+    records = [make_record(np_=n, batch=2, throughput=t, repeat=r)
+               for r, (a, b) in enumerate(zip(np1, np2)) for n, t in ((1, a), (2, b))]
+    t = tables.scaling_table(records).set_index("np")
+    assert list(t["runs"]) == [5, 5]
+    ref = median_ci(np2)
+    assert (t.loc[2, "throughput"], t.loc[2, "throughput_ci_low"], t.loc[2, "throughput_ci_high"]) == pytest.approx(
+        (ref.value, ref.low, ref.high))
+    speed = ratio_ci(np2, np1)  # paired round by round, not median / median
+    assert (t.loc[2, "speedup"], t.loc[2, "speedup_ci_low"], t.loc[2, "speedup_ci_high"]) == pytest.approx(
+        (speed.value, speed.low, speed.high))
+    assert t.loc[2, "efficiency_ci_high"] == pytest.approx(speed.high / 2)
+    assert t.loc[2, "speedup_ci_high"] - t.loc[2, "speedup_ci_low"] < 0.1  # pairing cancels the slow round
+    assert t.loc[2, "noisy"] and t.loc[2, "throughput_cv"] > 0.1  # ... which each point alone shows as spread
+    assert t.loc[1, "speedup"] == 1.0
+
+
+def test_scaling_single_runs_have_no_ci_and_are_not_flagged():
+    t = tables.scaling_table([make_record(np_=1, throughput=10.0), make_record(np_=2, throughput=17.0)]).set_index("np")
+    assert t.loc[2, "speedup"] == pytest.approx(1.7)
+    assert math.isnan(t.loc[2, "speedup_ci_low"]) and math.isnan(t.loc[2, "throughput_ci_high"])
+    assert not t["noisy"].any()
 
 
 def test_scaling_png_is_a_real_figure(tmp_path):

@@ -98,6 +98,21 @@ def test_ids_change_with_config():
     assert cfg1 == cfg2 and one.run_id != two.run_id
 
 
+def test_repeats_are_planned_round_by_round_with_their_own_ids():
+    once = plan(spec_of())
+    thrice = plan(spec_of(repeats=3))
+    pre = [r for r in thrice if r.kind == "pretrain"]
+    runs = [r for r in thrice if r.kind == "run"]
+    assert len(pre) == 1 and len(runs) == 3 * (len(once) - 1)  # one pre-training shared by every repeat
+    n = len(runs) // 3
+    assert [r.repeat for r in runs] == [0] * n + [1] * n + [2] * n  # interleaved: every point once, then again
+    assert [r.label for r in runs[:n]] == [r.label + "-r0" for r in once[1:]]
+    assert len({r.run_id for r in thrice}) == len(thrice)
+    assert [r.run_id for r in runs[:n]] == [r.run_id for r in once[1:]]  # repeat 0 keeps the one-run IDs
+    assert runs[n].config.identity() == {**runs[0].config.identity(), "repeat": 1}
+    assert spec_from_dict(spec_of(repeats=3).to_dict()).repeats == 3
+
+
 def test_strong_scaling_splits_the_global_batch():
     runs = [r for r in plan(spec_of(scaling="strong", **{"axes.batch_size": [4]})) if r.kind == "run"]
     assert {(r.np, r.config.train.batch_size, r.global_batch) for r in runs} == {(1, 4, 4), (2, 2, 4)}
@@ -131,6 +146,9 @@ def test_strong_scaling_splits_the_global_batch():
         ({"scaling": "sideways"}, "scaling 'sideways' is not one of weak, strong"),
         ({"name": "a b"}, "name 'a b' must be"),
         ({"timeout_s": 0}, "timeout_s 0 must be a positive number"),
+        ({"repeats": 0}, "repeats 0 must be an integer >= 1"),
+        ({"repeats": "3"}, "repeats '3' must be an integer >= 1"),
+        ({"repeats": True}, "repeats True must be an integer >= 1"),
     ],
 )
 def test_bad_specs_are_refused_before_anything_runs(changes, fragment):

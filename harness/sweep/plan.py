@@ -42,6 +42,10 @@ class PlannedRun:
         return self.config.train.first_conv
 
     @property
+    def repeat(self) -> int:
+        return self.config.repeat
+
+    @property
     def global_batch(self) -> int:
         return self.per_rank_batch * self.np
 
@@ -84,10 +88,12 @@ class PlannedRun:
 
 
 def plan(spec: SweepSpec) -> list[PlannedRun]:
-    """Every run of the sweep, pre-training runs first, duplicates (same ID) dropped; raises UserError early."""
+    """Every run of the sweep, pre-training runs first, then round by round (each point once per repeat, so a
+    runner that goes down the list interleaves the repeats); duplicates (same ID) dropped; raises UserError early."""
     pretrains: dict[int, PlannedRun] = {}
     runs: dict[str, PlannedRun] = {}
-    for np_, batch, depth, mode, seed, backend in itertools.product(*(spec.axes[a] for a in AXES)):
+    points = itertools.product(*(spec.axes[a] for a in AXES))
+    for repeat, (np_, batch, depth, mode, seed, backend) in itertools.product(range(spec.repeats), list(points)):
         if mode == "scratch" and not spec.freeze_scratch:
             depth = 0  # freezing random weights is not asked for unless freeze_scratch: true
         per_rank = batch if spec.scaling == "weak" else batch // np_
@@ -96,7 +102,10 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
         label = f"np{np_}-b{batch}-k{depth}-{mode}-s{seed}"  # k{head} for head-only
         if "backend" in spec.explicit_axes:
             label += f"-{backend}"
+        if spec.repeats > 1:
+            label += f"-r{repeat}"
         cfg = _config(raw, label, spec.origin)
+        cfg.repeat = repeat
         deps: list[str] = []
         if mode == "transfer":
             pre = pretrains.get(seed) or _pretrain(spec, seed)

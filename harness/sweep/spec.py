@@ -8,6 +8,9 @@ Conventions (see jobs/README.md):
             strong: `batch_size` is the global batch, split over np (must divide evenly). Under strong scaling
             the global batch does not grow, so the learning rate is not scaled by np either
             (train.lr_scaling defaults to false there unless `fixed.train.lr_scaling` says otherwise).
+  repeats   R runs of every point (default 1), planned round by round (every point once, then again), so a
+            slow phase of a shared machine hits all points alike; analysis gives each point its median and a
+            95% bootstrap CI, and a speedup pairs the repeats of two points round by round.
   mode      scratch: random init; transfer: init from a pre-training run on `transfer.source`.
             Scratch runs ignore freeze_depth (freezing random weights is rarely meant) and are de-duplicated,
             unless `freeze_scratch: true`.
@@ -32,7 +35,7 @@ AXES = ("np", "batch_size", "freeze_depth", "mode", "seed", "backend")
 MODES = ("scratch", "transfer")
 SCALINGS = ("weak", "strong")
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
-TOP_KEYS = ("name", "scaling", "axes", "fixed", "transfer", "launcher", "timeout_s", "freeze_scratch")
+TOP_KEYS = ("name", "scaling", "axes", "fixed", "transfer", "launcher", "timeout_s", "freeze_scratch", "repeats")
 TRANSFER_KEYS = ("source", "epochs", "np", "batch_size", "steps_per_epoch", "first_conv")
 # Fields the sweep sets itself: a value in `fixed` would be silently overridden, so it is refused.
 MANAGED = {"train": ("init_from", "resume", "first_conv")}
@@ -63,6 +66,7 @@ class SweepSpec:
     launcher: str = "horovodrun"
     timeout_s: float = DEFAULT_TIMEOUT_S
     freeze_scratch: bool = False
+    repeats: int = 1
     origin: str = "<spec>"
     explicit_axes: tuple[str, ...] = field(default=())
 
@@ -76,6 +80,7 @@ class SweepSpec:
             "launcher": self.launcher,
             "timeout_s": self.timeout_s,
             "freeze_scratch": self.freeze_scratch,
+            "repeats": self.repeats,
         }
         if self.transfer is not None:
             t = self.transfer
@@ -122,6 +127,9 @@ def parse_spec(raw: Any, origin: str = "<spec>", default_name: str = "sweep") ->
     if not isinstance(freeze_scratch, bool):
         raise UserError(f"{origin}: freeze_scratch {freeze_scratch!r} must be true or false")
 
+    repeats = raw.get("repeats", 1)
+    if not _is_int(repeats) or repeats < 1:
+        raise UserError(f"{origin}: repeats {repeats!r} must be an integer >= 1 (runs of every point)")
     fixed = _parse_fixed(raw.get("fixed") or {}, origin)
     raw_axes = raw.get("axes") or {}
     if not isinstance(raw_axes, dict):
@@ -143,6 +151,7 @@ def parse_spec(raw: Any, origin: str = "<spec>", default_name: str = "sweep") ->
         launcher=launcher,
         timeout_s=float(timeout_s),
         freeze_scratch=freeze_scratch,
+        repeats=repeats,
         origin=origin,
         explicit_axes=tuple(a for a in AXES if a in raw_axes),
     )
