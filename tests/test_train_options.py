@@ -41,3 +41,17 @@ def test_cpu_bf16_instructions_from_cpuinfo(tmp_path, flags, found):
 
 def test_cpu_bf16_instructions_without_cpuinfo(tmp_path):
     assert cpu_bf16_instructions(str(tmp_path / "missing")) == []
+
+
+def test_record_says_where_the_wall_time_went(tmp_path):
+    out = tmp_path / "bench"
+    run(bratsbench_cmd("train", *SMALL[:-2], "--benchmark", "--warmup", "2", "--bench-steps", "7", "--out", str(out)))
+    record = json.loads((out / "record.json").read_text())
+    phases, timing = record["phases"], record["timing"]
+    assert phases["steps"] == 2 + 7 - 1  # every step after the first (which traces the step function)
+    assert 0 < phases["to_first_step_s"] < phases["wall_s"] and 0 < phases["train_share"] < 1
+    parts = phases["to_first_step_s"] + phases["steps_s"] + phases["validation_s"] + phases["checkpoint_s"] + phases["other_s"]
+    assert parts == pytest.approx(phases["wall_s"])
+    assert phases["wall_s"] >= record["wall_s"]  # from the process's start, imports included
+    windows = timing["window_throughputs_samples_s"]
+    assert len(windows) == 3 and min(windows) <= timing["throughput_samples_s"] <= max(windows)

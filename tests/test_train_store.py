@@ -22,6 +22,7 @@ def test_np2_store_run_records_per_region_validation_dice(store_run, small_store
         assert f"{region}_hd95" in val["mean"]
     assert {c["case_id"] for c in record["metrics"]["val_cases"]} == set(split["val"])
     assert record["timing"]["input_wait_share"] < 0.5
+    assert record["phases"]["validation_s"] > 0 and record["phases"]["checkpoint_s"] > 0  # timed apart from the steps
 
 
 @pytest.mark.slow

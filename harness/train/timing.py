@@ -1,14 +1,20 @@
-"""Step timing for benchmark mode: warm-up excluded, throughput from the mean step time.
+"""Step timing for benchmark mode (warm-up excluded, throughput from the mean step time), and where a run's wall
+time goes (start-up, training steps, validation, checkpoints).
 
-Throughput is global batch / mean step time; averaging per-step rates would bias it upward.
+Throughput is global batch / mean step time; averaging per-step rates would bias it upward. The timed steps are
+also cut into WINDOWS consecutive windows, each with its own throughput, so one run shows whether its rate drifted.
 """
 
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
+
+WINDOWS = 3
 
 
 @dataclass
@@ -40,6 +46,38 @@ class StepTimer:
             "step_time_sd_s": float(times.std()),
             "input_wait_share": float(np.sum(self.input_waits) / times.sum()),
             "throughput_samples_s": global_batch / mean,
+            "window_throughputs_samples_s": [global_batch / float(w.mean()) for w in
+                                             np.array_split(times, min(WINDOWS, times.size))],
+        }
+
+
+@dataclass
+class Phases:
+    """Wall time from this process's start (interpreter, imports, engine start) to now, by phase. The first step
+    counts as start-up: it traces and compiles the step function."""
+
+    process_start: float = field(default_factory=lambda: psutil.Process().create_time())
+    first_step_end: float | None = None
+    steps_s: float = 0.0  # every training step after the first
+    steps: int = 0
+    validation_s: float = 0.0
+    checkpoint_s: float = 0.0
+
+    def step(self, seconds: float) -> None:
+        if self.first_step_end is None:
+            self.first_step_end = time.time()
+        else:
+            self.steps_s += seconds
+            self.steps += 1
+
+    def summary(self) -> dict[str, float | int | None]:
+        wall = time.time() - self.process_start
+        to_first = None if self.first_step_end is None else self.first_step_end - self.process_start
+        return {
+            "wall_s": wall, "to_first_step_s": to_first, "steps_s": self.steps_s, "steps": self.steps,
+            "validation_s": self.validation_s, "checkpoint_s": self.checkpoint_s,
+            "other_s": wall - (to_first or 0.0) - self.steps_s - self.validation_s - self.checkpoint_s,
+            "train_share": self.steps_s / wall if wall > 0 else None,
         }
 
 

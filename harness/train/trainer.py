@@ -29,7 +29,7 @@ from harness.rundir import RunDir
 from harness.train.profiling import StepProfiler
 from harness.train.sources import Source, iterate, make_source
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
-from harness.train.timing import StepTimer, peak_host_mem_mb
+from harness.train.timing import Phases, StepTimer, peak_host_mem_mb
 from harness.train.validation import evaluate_items
 from harness.train.writer import RunWriter
 
@@ -64,6 +64,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     writer = RunWriter(world, RunDir(cfg.out), engine)
     record = _start_record(cfg, engine, writer)
     t_start = time.perf_counter()
+    session = None
     try:
         session = build(cfg, engine, record)
         writer.signature(session.ckpt_dir, cfg.model)
@@ -83,6 +84,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     finally:
         record["finished_at"] = utc_now()
         record["wall_s"] = time.perf_counter() - t_start
+        if session is not None:
+            record["phases"] = session.phases.summary()
         writer.record(record)
     return record
 
@@ -125,6 +128,7 @@ class Session:
     timer: StepTimer
     profiler: StepProfiler
     ahead: dict[int, Iterator] = field(default_factory=dict)  # epoch -> its pipeline, already started
+    phases: Phases = field(default_factory=Phases)
 
     def rebuild_step(self, engine: Engine) -> None:
         """A tf.function step reads `trainable_variables` when traced: rebuild it after (un)freezing."""
@@ -223,12 +227,14 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "params_trainable": count_params(s.model)["trainable"],
         }
         if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs):
+            t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
+            s.phases.validation_s += time.perf_counter() - t_val
             entry["val"] = result["dice"]
             record["metrics"] = {"val": result["summary"], "val_cases": result["cases"]}
         record["history"].append(entry)
         if not tcfg.benchmark:
-            writer.checkpoint(s.manager, global_step)
+            _checkpoint(s, writer, global_step)
         writer.record(record)
         writer.epoch(entry)
     s.profiler.close()
@@ -253,6 +259,7 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
             t2 = time.perf_counter()
             s.profiler.after_step(global_step)
             s.timer.add(t2 - t0, t1 - t0)
+            s.phases.step(t2 - t0)
             if epoch + 1 < s.epochs and epoch + 1 not in s.ahead:
                 # start the next epoch's pipeline now, so its first batches are ready when this epoch ends
                 s.ahead[epoch + 1] = iterate(_epoch_stream(s.source, epoch + 1, s.steps_per_epoch, tcfg.benchmark))
@@ -263,8 +270,14 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
                 raise FloatingPointError(f"loss became {loss} at step {global_step}")
             bar.update(loss)
             if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0:
-                writer.checkpoint(s.manager, global_step)
+                _checkpoint(s, writer, global_step)
     return losses, times, global_step
+
+
+def _checkpoint(s: Session, writer: RunWriter, step: int) -> None:
+    t = time.perf_counter()
+    writer.checkpoint(s.manager, step)
+    s.phases.checkpoint_s += time.perf_counter() - t
 
 
 def _epoch_stream(source: Source, epoch: int, steps: int, benchmark: bool) -> tf.data.Dataset:
