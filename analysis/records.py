@@ -14,7 +14,8 @@ import pandas as pd
 from harness.record import read_record
 from harness.rundir import RECORD
 
-PATH_KEY = "_path"  # added to each loaded record: the record file it came from
+PATH_KEY = "_path"
+PHASES = ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "other_s", "train_share")  # added to each loaded record: the record file it came from
 
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
 # compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
@@ -111,6 +112,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "sweep_mode": sweep.get("mode"),
         "sweep_label": sweep.get("label"),
         "repeat": int(cfg.get("repeat") or 0),
+        **{f"phase_{k}": _get(record, "phases", k) for k in PHASES},
         "seed": train.get("seed"),
     }
 

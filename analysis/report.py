@@ -61,6 +61,22 @@ def scaling_section(records: list[dict], out: Path) -> Section:
     return s
 
 
+def phases_section(records: list[dict], out: Path) -> Section:
+    s = Section("phases", "Where the wall time goes", about=(
+        "From each process's start: start-up (imports, engine, model build, data, the first step's tracing), "
+        "training steps, validation, checkpoints, other (evaluation, writing); train_share = steps / wall."))
+    table = tables.phases_table(records)
+    if table.empty:
+        s.skipped = "no record has phases (written by bratsbench train since 3/4)"
+        return s
+    _write(table, out, "phases", s)
+    share = table["train_share"]
+    s.notes.append(f"training steps take a median {100 * share.median():.0f}% of a run's wall time "
+                   f"(min {100 * share.min():.0f}%, max {100 * share.max():.0f}%, {len(table)} runs); start-up a median "
+                   f"{table['to_first_step_s'].median():.1f} s")
+    return s
+
+
 def batch_section(records: list[dict], out: Path) -> Section:
     s = Section("batch", "Step time vs batch size")
     table = tables.batch_table(records)
@@ -208,6 +224,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
     out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
     sections = [
         scaling_section(records, out),
+        phases_section(records, out),
         batch_section(records, out),
         freeze_section(records, out),
         transfer_section(records, out),

@@ -228,6 +228,20 @@ def _num(value: Any) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
+def phases_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Where each run's wall time went (record.phases, from the process's start): start-up to the end of the first
+    step, training steps, validation, checkpoints, the rest; and the share spent in training steps."""
+    df = frame(records)
+    if df.empty or df["phase_wall_s"].isna().all():
+        return pd.DataFrame(columns=["run", "np", "wall_s", "to_first_step_s", "steps_s", "validation_s",
+                                     "checkpoint_s", "other_s", "train_share"])
+    df = df[df["phase_wall_s"].notna()]
+    view = df[["run", "np"]].copy()
+    for key in ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "other_s", "train_share"):
+        view[key] = df[f"phase_{key}"].astype(float)
+    return view.sort_values("run", kind="stable").reset_index(drop=True)
+
+
 # ---------------------------------------------------------------- MMD
 
 

@@ -133,6 +133,23 @@ def test_scaling_single_runs_have_no_ci_and_are_not_flagged():
     assert not t["noisy"].any()
 
 
+def test_phases_table_and_training_share(tmp_path, cli):
+    recs = {}
+    for i, (first, steps) in enumerate(((12.0, 80.0), (20.0, 60.0))):
+        r = make_record(throughput=10.0)
+        r["name"] = f"run{i}"
+        r["phases"] = {"wall_s": 100.0, "to_first_step_s": first, "steps_s": steps, "validation_s": 5.0,
+                       "checkpoint_s": 1.0, "other_s": 100.0 - first - steps - 6.0, "train_share": steps / 100.0}
+        recs[f"r{i}"] = r
+    recs["old"] = make_record(throughput=10.0)  # a record from before phases: left out, not an error
+    t = tables.phases_table(recs.values())
+    assert list(t["run"]) == ["run0", "run1"] and list(t["train_share"]) == [0.8, 0.6]
+    code, out, err = cli("analyze", str(write_results(tmp_path / "res", recs)))
+    assert code == 0, err
+    assert "training steps take a median 70% of a run's wall time (min 60%, max 80%, 2 runs); start-up a median 16.0 s" in out
+    assert (tmp_path / "res" / "analysis" / "phases.csv").is_file()
+
+
 def test_scaling_png_is_a_real_figure(tmp_path):
     t = tables.scaling_table(scaling_records())
     for kind in ("weak", "strong"):
@@ -279,7 +296,8 @@ def test_analyze_missing_inputs_skip_with_one_line(tmp_path, cli):
     assert code == 0, err
     skipped = [line for line in out.splitlines() if line.startswith("skipped ")]
     assert {line.split(":")[0] for line in skipped} == {
-        "skipped scaling", "skipped batch", "skipped freeze", "skipped transfer", "skipped mmd", "skipped profile"}
+        "skipped scaling", "skipped phases", "skipped batch", "skipped freeze", "skipped transfer", "skipped mmd",
+        "skipped profile"}
     assert (tmp_path / "o" / "report.md").is_file()
 
 
