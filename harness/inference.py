@@ -8,6 +8,7 @@ a Keras model, and anything array-like it returns is converted with `np.asarray`
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -141,12 +142,25 @@ def sliding_window_predict(
     return np.ascontiguousarray(accum[crop])
 
 
-def predict_labels(model: Any, image: np.ndarray, crop: Sequence[int], overlap: float = 0.25, batch_size: int = 2) -> np.ndarray:
-    """Model labels (0..3) of one (X, Y, Z, C) volume from a Keras model, by sliding windows at the training crop."""
+_COMPILED: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
+
+
+def compiled_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's forward pass as one traced function per model (any batch and window size: one trace), so
+    whole-volume inference does not run eagerly op by op. The function reads the live weights."""
     import tensorflow as tf
 
-    def predict_fn(batch: np.ndarray) -> np.ndarray:
-        return model(tf.constant(batch, tf.float32), training=False).numpy()
+    fn = _COMPILED.get(model)
+    if fn is None:
+        channels = int(model.input_shape[-1])
+        spec = tf.TensorSpec([None, None, None, None, channels], tf.float32)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _COMPILED[model] = fn
+    return lambda batch: fn(tf.constant(batch, tf.float32)).numpy()
 
-    probs = sliding_window_predict(image, tuple(crop), predict_fn, overlap=overlap, batch_size=batch_size, n_classes=4)
+
+def predict_labels(model: Any, image: np.ndarray, crop: Sequence[int], overlap: float = 0.25, batch_size: int = 4) -> np.ndarray:
+    """Model labels (0..3) of one (X, Y, Z, C) volume from a Keras model, by sliding windows at the training crop."""
+    probs = sliding_window_predict(image, tuple(crop), compiled_predict(model), overlap=overlap, batch_size=batch_size,
+                                   n_classes=4)
     return np.argmax(probs, axis=-1).astype(np.uint8)

@@ -140,3 +140,25 @@ def test_model_output_mismatch_is_reported():
         sliding_window_predict(volume, (4, 4, 4), _per_voxel, n_classes=3)
     with pytest.raises(ValueError, match="shape"):
         sliding_window_predict(volume, (4, 4, 4), lambda b: _per_voxel(b)[:, :2])
+
+
+def test_compiled_prediction_equals_eager_and_traces_once_per_model():
+    import tensorflow as tf
+
+    from harness.config import ModelConfig
+    from harness.inference import predict_labels
+    from harness.model import build_unet
+
+    model = build_unet(ModelConfig(base_filters=4, depth=2, modalities=("t1", "t2")))
+    vol = np.random.default_rng(0).normal(size=(20, 24, 16, 2)).astype(np.float32)
+
+    def eager(batch):
+        return model(tf.constant(batch, tf.float32), training=False).numpy()
+
+    ref = np.argmax(sliding_window_predict(vol, (16, 16, 16), eager, overlap=0.25, batch_size=1, n_classes=4), -1)
+    assert np.array_equal(predict_labels(model, vol, (16, 16, 16)), ref)
+    assert np.array_equal(predict_labels(model, vol[:16], (16, 16, 16), batch_size=3), np.argmax(
+        sliding_window_predict(vol[:16], (16, 16, 16), eager, overlap=0.25, n_classes=4), -1))
+    from harness.inference import _COMPILED
+
+    assert _COMPILED[model].experimental_get_tracing_count() == 1  # other batch and volume sizes: no retrace
