@@ -98,25 +98,30 @@ def freeze_png(table: pd.DataFrame, path: str | Path) -> Path:
 
 
 def learning_curves_png(curves: dict[str, pd.DataFrame], path: str | Path) -> Path:
-    """Validation WT Dice vs epoch, one line per fine-tuning variant and for scratch (mean over seeds, band = ± sd);
-    `curves` as `analysis.transfer.curves` returns them."""
+    """Validation WT Dice against training seconds (left) and steps (right), one line per fine-tuning variant and
+    for scratch (mean over seeds; band: 95% CI over seeds); `curves` as `analysis.transfer.curves` returns them."""
     if not curves:
         raise ValueError("no transfer records (extra.transfer with role finetune/scratch) with per-epoch validation Dice")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for i, (condition, c) in enumerate(curves.items()):
-        style = dict(color="black", linestyle="--") if condition == "scratch" else dict(color=f"C{i % 10}")
-        seeds = int(c["size"].max())
-        ax.plot(c["epoch"], c["mean"], marker="o", markersize=3, label=f"{condition} ({seeds} seed{'s' if seeds != 1 else ''})", **style)
-        if c["std"].notna().any():
-            ax.fill_between(c["epoch"], c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0), alpha=0.15, color=style["color"])
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="validation WT Dice", title="fine-tuning vs training from scratch (whole tumour)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110, sharey=True)
+    for ax, x, label in ((axes[0], "seconds", "training time (s, in training steps)"), (axes[1], "step", "optimizer steps")):
+        for i, (condition, c) in enumerate(curves.items()):
+            if c[x].isna().all():
+                x_values = c["epoch"]
+            else:
+                x_values = c[x]
+            style = dict(color="black", linestyle="--") if condition == "scratch" else dict(color=f"C{i % 10}")
+            seeds = int(c["size"].max())
+            ax.plot(x_values, c["mean"], marker="o", markersize=3, label=f"{condition} ({seeds} seed{'s' if seeds != 1 else ''})", **style)
+            if c["ci_low"].notna().any():
+                ax.fill_between(x_values, c["ci_low"].fillna(c["mean"]), c["ci_high"].fillna(c["mean"]), alpha=0.15,
+                                color=style["color"])
+        ax.set(xlabel=label if not curves or not all(c[x].isna().all() for c in curves.values()) else "epoch")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="validation WT Dice", title="fine-tuning vs scratch (whole tumour) against training time")
+    axes[1].set(title="... and against steps")
+    axes[1].legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 

@@ -83,3 +83,48 @@ def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], level: fl
     if (den == 0).any():
         raise ValueError(f"ratio_ci: a denominator is zero: {den.tolist()}")
     return median_ci(num / den, level, resamples, seed)
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
+    """The mean of `values` with a percentile-bootstrap CI (for per-seed results such as a time to target)."""
+    a = _checked(values, "mean_ci")
+    level = _level(level)
+    value = float(a.mean())
+    if a.size < 2:
+        return Estimate(value, math.nan, math.nan, 1, math.nan)
+    if np.ptp(a) == 0:
+        return Estimate(value, value, value, int(a.size), _cv(a))
+    res = stats.bootstrap((a,), np.mean, confidence_level=level, n_resamples=resamples, method="percentile",
+                          random_state=np.random.default_rng(seed), vectorized=True)
+    return Estimate(value, float(res.confidence_interval.low), float(res.confidence_interval.high), int(a.size), _cv(a))
+
+
+def two_way_mean_ci(matrix: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
+    """Mean of a seeds x patients matrix (e.g. test Dice, or paired differences to scratch) with a CI from
+    resampling seeds and patients independently (both are random: a new study would draw new ones of each).
+    NaN entries (a case a seed did not score) are left out of each mean."""
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2 or m.size == 0 or np.isnan(m).all():
+        raise ValueError(f"two_way_mean_ci: need a non-empty seeds x patients matrix, got shape {m.shape}")
+    level = _level(level)
+    value = float(np.nanmean(m))
+    flat = m[~np.isnan(m)]
+    cv = _cv(flat)
+    if m.shape[0] * m.shape[1] < 2 or np.ptp(flat) == 0:
+        return Estimate(value, value if flat.size > 1 else math.nan, value if flat.size > 1 else math.nan,
+                        int(flat.size), cv)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, m.shape[0], size=(resamples, m.shape[0]))
+    cols = rng.integers(0, m.shape[1], size=(resamples, m.shape[1]))
+    means = np.array([np.nanmean(m[np.ix_(r, c)]) for r, c in zip(rows, cols)])
+    alpha = (1 - level) / 2
+    low, high = np.nanpercentile(means, [100 * alpha, 100 * (1 - alpha)])
+    return Estimate(value, float(low), float(high), int(flat.size), cv)
+
+
+def cohens_dz(differences: Sequence[float]) -> float:
+    """Effect size of paired differences: mean / sd (ddof=1); NaN with fewer than two or no spread."""
+    d = np.asarray([x for x in differences if not math.isnan(x)], dtype=float)
+    if d.size < 2 or d.std(ddof=1) == 0:
+        return math.nan
+    return float(d.mean() / d.std(ddof=1))

@@ -1,9 +1,12 @@
 """Transfer vs scratch, from run records only: the one comparison `bratsbench transfer` and `analyze` show.
 
-Per variant (frozen depth k, head-only) and for scratch: final validation and test Dice per region as mean
-and sample sd (ddof=1; undefined, shown "-", for one seed) over seeds; a paired comparison against scratch
-(per test case and seed, Wilcoxon signed-rank); epochs and wall time to reach a validation WT Dice target
-(scratch's final one unless given); step time and trainable parameters relative to scratch.
+Per variant (frozen depth k, head-only) and for scratch: final validation and test Dice per region as the mean
+over seeds with a 95% CI (test: bootstrap over seeds and patients together, analysis.stats.two_way_mean_ci;
+validation: over seeds) and the sample sd; the paired difference to scratch (per test case and seed) with its CI,
+Cohen's d_z and a Wilcoxon signed-rank p; training seconds, steps and epochs to reach a validation WT Dice
+target (scratch's final one unless given), each with a CI over seeds; step time and trainable parameters
+relative to scratch. Training seconds are the time in training steps (history.train_s): validation, which a
+study may run more or less often, does not count.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
+from analysis.stats import cohens_dz, mean_ci, two_way_mean_ci
 from harness.config import freeze_label, freeze_order
 from harness.metrics import REGIONS
 
@@ -87,36 +91,96 @@ def _cases(record: dict[str, Any], subset: str) -> dict[str, dict[str, float]]:
     return {c["case_id"]: c for c in (record.get("metrics") or {}).get(f"{subset}_cases", [])}
 
 
-def reach(record: dict[str, Any], target: float, region: str = "WT") -> tuple[int | None, float | None]:
-    """First epoch whose validation Dice reaches target, and the wall time (s) spent until then."""
-    wall = 0.0
+class Reach(NamedTuple):
+    epoch: int | None  # first epoch whose validation Dice reaches the target
+    seconds: float | None  # training seconds until then (history.train_s; epoch wall time in older records)
+    step: int | None  # optimizer steps until then
+
+
+def reach(record: dict[str, Any], target: float, region: str = "WT") -> Reach:
+    """When a run's validation Dice first reached `target` (all None if it never did)."""
+    seconds = 0.0
     for entry in record.get("history", []):
-        wall += entry.get("wall_s") or 0.0
+        seconds += entry.get("train_s", entry.get("wall_s")) or 0.0
         val = region_dice(entry.get("val"))
         if val.get(region) is not None and val[region] >= target:
-            return entry["epoch"], wall
-    return None, None
+            return Reach(entry["epoch"], seconds, entry.get("step"))
+    return Reach(None, None, None)
+
+
+def _case_matrix(runs: list[dict[str, Any]], subset: str, region: str,
+                 minus: list[dict[str, Any]] | None = None) -> np.ndarray:
+    """Seeds x test cases of per-case Dice (or of its difference to the scratch run of the same seed); cases any
+    seed lacks are NaN. Zero columns where the records hold no per-case metrics."""
+    by_seed = {r["extra"]["transfer"].get("seed"): r for r in minus or []}
+    rows: list[dict[str, float]] = []
+    for r in runs:
+        mine = _cases(r, subset)
+        other = _cases(by_seed[r["extra"]["transfer"].get("seed")], subset) if minus is not None else None
+        if minus is not None and other is None:
+            continue
+        row = {}
+        for case, c in mine.items():
+            x = c.get(f"{region}_dice")
+            y = other.get(case, {}).get(f"{region}_dice") if other is not None else 0.0
+            if x is not None and y is not None:
+                row[case] = x - y
+        rows.append(row)
+    cases = sorted(set().union(*rows)) if rows else []
+    return np.array([[row.get(c, math.nan) for c in cases] for row in rows], dtype=float).reshape(len(rows), len(cases))
 
 
 def paired(runs: list[dict[str, Any]], scratch: list[dict[str, Any]], region: str, subset: str) -> dict[str, float]:
-    """Per-case, per-seed Dice differences (variant - scratch) on the same test cases and seeds."""
-    diffs = []
-    by_seed = {r["extra"]["transfer"].get("seed"): r for r in scratch}
-    for r in runs:
-        s = by_seed.get(r["extra"]["transfer"].get("seed"))
-        if s is None:
-            continue
-        a, b = _cases(r, subset), _cases(s, subset)
-        for case in sorted(set(a) & set(b)):
-            x, y = a[case].get(f"{region}_dice"), b[case].get(f"{region}_dice")
-            if x is not None and y is not None:
-                diffs.append(x - y)
-    out = {"n": len(diffs), "mean_diff": float(np.mean(diffs)) if diffs else math.nan, "p_value": math.nan}
+    """Per-case, per-seed Dice differences (variant - scratch) on the same test cases and seeds: their mean with a
+    CI over seeds and patients, d_z and a Wilcoxon p."""
+    matrix = _case_matrix(runs, subset, region, minus=scratch)
+    diffs = [float(d) for d in matrix.ravel() if not math.isnan(d)]
+    out = {"n": len(diffs), "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "dz": cohens_dz(diffs),
+           "p_value": math.nan}
+    if diffs:
+        est = two_way_mean_ci(matrix)
+        out.update(mean_diff=est.value, ci_low=est.low, ci_high=est.high)
     if sum(abs(d) > 1e-12 for d in diffs) >= 2:
         from scipy.stats import wilcoxon
 
         out["p_value"] = float(wilcoxon(diffs, zero_method="zsplit").pvalue)
     return out
+
+
+def _ci(values: Sequence[float | None]) -> tuple[float, float]:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return math.nan, math.nan
+    est = mean_ci(clean)
+    return est.low, est.high
+
+
+def _dice_columns(row: dict[str, Any], runs: list[dict[str, Any]], subset: str) -> None:
+    finals = [_final_val(r) for r in runs]
+    tests = [region_dice((r.get("metrics") or {}).get(subset)) for r in runs]
+    for region in REGIONS:
+        vals = [f.get(region) for f in finals]
+        row[f"val_{region}"], row[f"val_{region}_sd"] = _mean_sd(vals)
+        row[f"val_{region}_ci_low"], row[f"val_{region}_ci_high"] = _ci(vals)
+        per_seed = [t.get(region) for t in tests]
+        row[f"{subset}_{region}"], row[f"{subset}_{region}_sd"] = _mean_sd(per_seed)
+        matrix = _case_matrix(runs, subset, region)
+        if matrix.size and not np.isnan(matrix).all():
+            est = two_way_mean_ci(matrix)
+            row[f"{subset}_{region}_ci_low"], row[f"{subset}_{region}_ci_high"] = est.low, est.high
+        else:  # no per-case metrics: the CI over the seeds' means
+            row[f"{subset}_{region}_ci_low"], row[f"{subset}_{region}_ci_high"] = _ci(per_seed)
+
+
+def _target_columns(row: dict[str, Any], runs: list[dict[str, Any]], target: float) -> None:
+    reached = [reach(r, target) for r in runs] if not math.isnan(target) else []
+    hits = [r for r in reached if r.epoch is not None]
+    row["target_WT"] = target
+    row["reached"] = f"{len(hits)}/{len(runs)}"
+    for key, values in (("epochs", [r.epoch for r in hits]), ("seconds", [r.seconds for r in hits]),
+                        ("steps", [r.step for r in hits if r.step is not None])):
+        row[f"{key}_to_target"] = _mean_sd(values)[0] if values else math.nan
+        row[f"{key}_to_target_ci_low"], row[f"{key}_to_target_ci_high"] = _ci(values)
 
 
 def comparison(records: Iterable[dict[str, Any]], subset: str = "test", target: float | None = None) -> pd.DataFrame:
@@ -130,21 +194,14 @@ def comparison(records: Iterable[dict[str, Any]], subset: str = "test", target: 
     rows = []
     for name, runs in groups.items():
         row: dict[str, Any] = {"variant": name, "seeds": len(runs), "epochs": max(len(r.get("history") or []) for r in runs)}
-        finals = [_final_val(r) for r in runs]
-        tests = [region_dice((r.get("metrics") or {}).get(subset)) for r in runs]
-        for region in REGIONS:
-            row[f"val_{region}"], row[f"val_{region}_sd"] = _mean_sd([f.get(region) for f in finals])
-            row[f"{subset}_{region}"], row[f"{subset}_{region}_sd"] = _mean_sd([t.get(region) for t in tests])
+        _dice_columns(row, runs, subset)
         for region in REGIONS:
             if name != SCRATCH and scratch:
                 p = paired(runs, scratch, region, subset)
                 row[f"{region}_diff"], row[f"{region}_p"], row["paired_n"] = p["mean_diff"], p["p_value"], p["n"]
-        reached = [reach(r, target) for r in runs] if not math.isnan(target) else []
-        epochs = [e for e, _ in reached if e is not None]
-        row["target_WT"] = target
-        row["reached"] = f"{len(epochs)}/{len(runs)}"
-        row["epochs_to_target"] = _mean_sd(epochs)[0] if epochs else math.nan
-        row["wall_s_to_target"] = _mean_sd([w for _, w in reached if w is not None])[0] if epochs else math.nan
+                row[f"{region}_diff_ci_low"], row[f"{region}_diff_ci_high"] = p["ci_low"], p["ci_high"]
+                row[f"{region}_dz"] = p["dz"]
+        _target_columns(row, runs, target)
         step = _mean_sd([(r.get("timing") or {}).get("step_time_mean_s") for r in runs])[0]
         params = _mean_sd([(r.get("model") or {}).get("params_trainable") for r in runs])[0]
         row["step_time_rel"] = step / base_step if base_step else math.nan
@@ -155,43 +212,60 @@ def comparison(records: Iterable[dict[str, Any]], subset: str = "test", target: 
 
 
 def curves(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """variant -> per-epoch mean, sd and count of validation WT Dice over seeds (the learning-curve plot)."""
+    """variant -> per epoch: validation WT Dice over seeds (mean, sd, 95% CI, count) and the mean training
+    seconds and steps done by then (the learning-curve plot's two x axes)."""
     out = {}
     for name, runs in group(records).items():
-        points = [(int(h.get("epoch", i + 1)), region_dice(h.get("val")).get("WT", math.nan))
-                  for r in runs for i, h in enumerate(r.get("history") or []) if region_dice(h.get("val"))]
+        points = []
+        for r in runs:
+            seconds = 0.0
+            for i, h in enumerate(r.get("history") or []):
+                seconds += h.get("train_s", h.get("wall_s")) or 0.0
+                if region_dice(h.get("val")):
+                    points.append((int(h.get("epoch", i + 1)), region_dice(h.get("val")).get("WT", math.nan), seconds,
+                                   h.get("step", math.nan)))
         if points:
-            frame = pd.DataFrame(points, columns=["epoch", "wt"])
-            out[name] = frame.groupby("epoch")["wt"].agg(["mean", "std", "size"]).reset_index()
+            frame = pd.DataFrame(points, columns=["epoch", "wt", "seconds", "step"])
+            agg = frame.groupby("epoch").agg(mean=("wt", "mean"), std=("wt", "std"), size=("wt", "size"),
+                                             seconds=("seconds", "mean"), step=("step", "mean")).reset_index()
+            bands = [_ci(list(g["wt"])) for _, g in frame.groupby("epoch")]
+            agg["ci_low"], agg["ci_high"] = [b[0] for b in bands], [b[1] for b in bands]
+            out[name] = agg
     return out
-
-
-def _pm(mean: float, sd: float, digits: int = 3) -> str:
-    if mean is None or math.isnan(mean):
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if sd is None or math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
 def _num(value: float, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _ci_cell(value: float | None, low: float | None, high: float | None, spec: str = ".3f", sign: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = format(value, sign + spec)
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return text
+    return f"{text} [{format(low, spec)}, {format(high, spec)}]"
+
+
 def display(table: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
-    """The table as people read it: 'mean ± sd' cells, differences with their p-values."""
+    """The table as people read it: 'mean [95% CI]' cells, differences with their CI, d_z and p."""
     rows = []
     for r in table.to_dict("records"):
         row = {"variant": r["variant"], "seeds": r["seeds"], "epochs": r["epochs"]}
         for region in REGIONS:
-            row[f"{region} Dice ({subset})"] = _pm(r.get(f"{subset}_{region}"), r.get(f"{subset}_{region}_sd"))
-        for region in REGIONS:
-            row[f"{region} Dice (val)"] = _pm(r.get(f"val_{region}"), r.get(f"val_{region}_sd"))
+            row[f"{region} Dice ({subset})"] = _ci_cell(r.get(f"{subset}_{region}"), r.get(f"{subset}_{region}_ci_low"),
+                                                        r.get(f"{subset}_{region}_ci_high"))
+        row["WT Dice (val)"] = _ci_cell(r.get("val_WT"), r.get("val_WT_ci_low"), r.get("val_WT_ci_high"))
         for region in REGIONS:
             diff = r.get(f"{region}_diff")
-            row[f"Δ{region} vs scratch (p)"] = "-" if r["variant"] == SCRATCH or diff is None or math.isnan(diff) else (
-                f"{diff:+.3f} ({_num(r.get(f'{region}_p'), '.2g')})")
-        row["epochs to target"] = _num(r["epochs_to_target"], ".1f")
-        row["wall s to target"] = _num(r["wall_s_to_target"], ".1f")
+            row[f"Δ{region} vs scratch"] = "-" if r["variant"] == SCRATCH or diff is None or math.isnan(diff) else (
+                _ci_cell(diff, r.get(f"{region}_diff_ci_low"), r.get(f"{region}_diff_ci_high"), sign="+")
+                + f" (d_z {_num(r.get(f'{region}_dz'), '.2f')}, p {_num(r.get(f'{region}_p'), '.2g')})")
         row["reached"] = r["reached"]
+        row["train s to target"] = _ci_cell(r.get("seconds_to_target"), r.get("seconds_to_target_ci_low"),
+                                            r.get("seconds_to_target_ci_high"), ".0f")
+        row["steps to target"] = _ci_cell(r.get("steps_to_target"), r.get("steps_to_target_ci_low"),
+                                          r.get("steps_to_target_ci_high"), ".0f")
         row["step time ×"] = _num(r["step_time_rel"], ".2f")
         row["trainable ×"] = _num(r["trainable_rel"], ".2f")
         rows.append(row)
@@ -200,8 +274,10 @@ def display(table: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
 
 def caption(table: pd.DataFrame) -> str:
     target = table["target_WT"].iloc[0] if len(table) else math.nan
-    return (f"Final Dice per region, mean ± sd (ddof=1) over seeds. Target: validation WT Dice {_num(target, '.3f')} "
-            "(scratch's final, mean over seeds, unless given). Δ: mean paired difference per test case and seed; "
+    return (f"Final Dice per region: mean over seeds [95% CI: bootstrap over seeds and test patients; validation "
+            f"over seeds]. Target: validation WT Dice {_num(target, '.3f')} (scratch's final, mean over seeds, unless "
+            "given); training seconds (time in training steps) and steps to reach it, mean over the seeds that did "
+            "[95% CI over seeds]. Δ: mean paired difference per test case and seed [95% CI], d_z: its effect size, "
             "p: Wilcoxon signed-rank. Step time and trainable parameters relative to scratch.")
 
 

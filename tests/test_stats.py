@@ -85,3 +85,67 @@ def test_the_same_values_give_the_same_ci():
 def test_bad_input_is_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_mean_ci_equals_scipy_bootstrap():
+    from analysis.stats import mean_ci
+
+    est = mean_ci(FIXED, seed=2)
+    ref = stats.bootstrap((np.array(FIXED),), np.mean, n_resamples=9999, method="percentile",
+                          random_state=np.random.default_rng(2))
+    assert est.value == pytest.approx(np.mean(FIXED))
+    assert (est.low, est.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+
+
+def test_two_way_ci_with_one_seed_is_the_bootstrap_over_patients():
+    from analysis.stats import two_way_mean_ci
+
+    dice = np.random.default_rng(4).beta(8, 2, size=40)
+    est = two_way_mean_ci(dice[None, :])
+    ref = stats.bootstrap((dice,), np.mean, n_resamples=9999, method="percentile", random_state=np.random.default_rng(9))
+    assert est.value == pytest.approx(dice.mean())
+    assert est.low == pytest.approx(ref.confidence_interval.low, abs=0.004)
+    assert est.high == pytest.approx(ref.confidence_interval.high, abs=0.004)
+
+
+def test_two_way_ci_counts_the_spread_between_seeds():
+    from analysis.stats import two_way_mean_ci
+
+    rng = np.random.default_rng(1)
+    patients = rng.normal(0.8, 0.05, size=30)
+    matrix = np.stack([patients + shift for shift in (-0.06, 0.0, 0.06)])  # seeds that train differently
+    two_way = two_way_mean_ci(matrix)
+    pooled = median_ci(matrix.ravel())  # as if the 90 values were independent
+    assert two_way.high - two_way.low > 1.5 * (pooled.high - pooled.low)
+    matrix[1, 3] = np.nan  # a case one seed did not score
+    assert two_way_mean_ci(matrix).value == pytest.approx(np.nanmean(matrix))
+
+
+def test_two_way_ci_coverage_on_simulated_studies():
+    from analysis.stats import two_way_mean_ci
+
+    rng = np.random.default_rng(0)
+    hits, trials = 0, 200
+    for i in range(trials):
+        seeds = rng.normal(0, 0.03, size=(5, 1))
+        patients = rng.normal(0, 0.08, size=(1, 25))
+        est = two_way_mean_ci(0.8 + seeds + patients + rng.normal(0, 0.02, size=(5, 25)), resamples=999, seed=i)
+        hits += est.low <= 0.8 <= est.high
+    assert 0.85 <= hits / trials <= 1.0
+
+
+def test_cohens_dz_is_the_one_sample_t_over_root_n():
+    from analysis.stats import cohens_dz
+
+    d = [0.05, 0.02, 0.08, -0.01, 0.04, 0.06]
+    assert cohens_dz(d) * math.sqrt(len(d)) == pytest.approx(stats.ttest_1samp(d, 0.0).statistic)
+    assert math.isnan(cohens_dz([0.1])) and math.isnan(cohens_dz([0.1, 0.1]))
+
+
+def test_two_way_bad_matrix_is_one_error():
+    from analysis.stats import two_way_mean_ci
+
+    with pytest.raises(ValueError, match="seeds x patients"):
+        two_way_mean_ci(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="seeds x patients"):
+        two_way_mean_ci(np.full((2, 2), np.nan))

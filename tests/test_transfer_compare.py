@@ -15,8 +15,9 @@ def _record(role, k, seed, test_wt, val_curve, step, params, cases):
         "status": "ok",
         "extra": {"transfer": {"role": role, "freeze_depth": k, "seed": seed}},
         "metrics": {"test": {"mean": {"WT_dice": test_wt, "TC_dice": test_wt - 0.1, "ET_dice": test_wt - 0.2}},
-                    "test_cases": [{"case_id": c, "WT_dice": d, "TC_dice": d, "ET_dice": d} for c, d in cases.items()]},
-        "history": [{"epoch": i + 1, "wall_s": 10.0, "val": {"WT": v}} for i, v in enumerate(val_curve)],
+                    "test_cases": [{"case_id": c, "WT_dice": d, "TC_dice": d - 0.1, "ET_dice": d - 0.2} for c, d in cases.items()]},
+        "history": [{"epoch": i + 1, "step": 4 * (i + 1), "wall_s": 10.0, "train_s": 8.0, "val": {"WT": v}}
+                    for i, v in enumerate(val_curve)],
         "timing": {"step_time_mean_s": step},
         "model": {"params_trainable": params},
     }
@@ -33,10 +34,13 @@ def records():
     ]
 
 
-def test_reach_counts_epochs_and_wall_time():
+def test_reach_counts_epochs_training_seconds_and_steps():
     rec = _record("scratch", 0, 0, 0.6, [0.2, 0.5, 0.7], 1.0, 1, {})
-    assert reach(rec, 0.5) == (2, 20.0)
-    assert reach(rec, 0.9) == (None, None)
+    assert reach(rec, 0.5) == (2, 16.0, 8)  # validation time (wall_s - train_s) does not count
+    assert reach(rec, 0.9) == (None, None, None)
+    for h in rec["history"]:  # a record from before train_s: the epoch's wall time
+        del h["train_s"]
+    assert reach(rec, 0.5).seconds == 20.0
 
 
 def _rows(records, **kw):
@@ -55,12 +59,23 @@ def test_comparison_rows(records):
     assert k2["WT_p"] < 0.05
     # target = scratch's final val WT (0.6); k=2 reaches it at epochs 2 and 1
     assert k2["target_WT"] == pytest.approx(0.6)
-    assert k2["epochs_to_target"] == pytest.approx(1.5) and k2["wall_s_to_target"] == pytest.approx(15.0)
+    assert k2["epochs_to_target"] == pytest.approx(1.5) and k2["seconds_to_target"] == pytest.approx(12.0)
+    assert k2["steps_to_target"] == pytest.approx(6.0)
+    assert (k2["seconds_to_target_ci_low"], k2["seconds_to_target_ci_high"]) == pytest.approx((8.0, 16.0))
     assert k2["step_time_rel"] == pytest.approx(0.75) and k2["trainable_rel"] == pytest.approx(0.4)
     assert sc["step_time_rel"] == pytest.approx(1.0) and sc["epochs_to_target"] == pytest.approx(3.0)
+    # CIs: test Dice over seeds and patients together, the difference the same way
+    from analysis.stats import two_way_mean_ci
+
+    wt = two_way_mean_ci(np.array([[0.6, 0.8, 0.7], [0.7, 0.8, 0.72]]))
+    assert (k2["test_WT_ci_low"], k2["test_WT_ci_high"]) == pytest.approx((wt.low, wt.high))
+    assert k2["test_WT_ci_low"] < k2["test_WT"] < k2["test_WT_ci_high"]
+    assert (k2["WT_diff_ci_low"], k2["WT_diff_ci_high"]) == pytest.approx((0.1, 0.1))  # every pair differs by 0.1
     shown = display(comparison(records)).set_index("variant")
-    assert [shown.loc["k=2", f"{g} Dice (test)"] for g in ("ET", "TC", "WT")] == ["0.520 ± 0.028", "0.620 ± 0.028", "0.720 ± 0.028"]
-    assert shown.loc["k=2", "ΔWT vs scratch (p)"].startswith("+0.100") and shown.loc["scratch", "ΔWT vs scratch (p)"] == "-"
+    assert shown.loc["k=2", "WT Dice (test)"] == f"0.720 [{wt.low:.3f}, {wt.high:.3f}]"
+    assert shown.loc["k=2", "ΔWT vs scratch"].startswith("+0.100 [0.100, 0.100] (d_z")
+    assert shown.loc["scratch", "ΔWT vs scratch"] == "-"
+    assert shown.loc["k=2", "steps to target"] == "6 [4, 8]"
 
 
 def test_given_target_overrides_scratch_final(records):
@@ -80,4 +95,6 @@ def test_head_only_sorts_after_the_depths_and_one_seed_has_no_sd(records):
     assert list(table["variant"]) == ["k=2", "head-only", "scratch"]
     row = table.set_index("variant").loc["head-only"]
     assert row["seeds"] == 1 and math.isnan(row["test_WT_sd"])  # a sample sd of one value is undefined
-    assert display(table).set_index("variant").loc["head-only", "WT Dice (test)"] == "0.650"
+    # one seed: the CI comes from the patients alone (0.6, 0.7, 0.6: resampled means span 0.6 to 0.7)
+    assert display(table).set_index("variant").loc["head-only", "WT Dice (test)"] == "0.650 [0.600, 0.700]"
+    assert display(table).set_index("variant").loc["head-only", "WT Dice (val)"] == "0.550"  # one value: no CI

@@ -224,12 +224,14 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         entry: dict[str, Any] = {
             "epoch": epoch + 1, "step": global_step, "loss": mean_loss, "wall_s": time.perf_counter() - t_epoch,
             "step_time_mean_s": float(np.mean(times)) if times else None,
+            "train_s": float(np.sum(times)),  # in training steps (a time-to-target counts these, not validation)
             "params_trainable": count_params(s.model)["trainable"],
         }
         if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs):
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
-            s.phases.validation_s += time.perf_counter() - t_val
+            entry["val_s"] = time.perf_counter() - t_val
+            s.phases.validation_s += entry["val_s"]
             entry["val"] = result["dice"]
             record["metrics"] = {"val": result["summary"], "val_cases": result["cases"]}
         record["history"].append(entry)
