@@ -43,3 +43,27 @@ def test_evaluate_and_predict_back_to_original_geometry(store_run, small_store, 
     np.testing.assert_allclose(pred.affine, ref.affine)
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2, 4}
     assert pred.get_data_dtype() == np.uint8
+
+
+@pytest.mark.slow
+def test_evaluate_in_original_geometry_beside_the_store_grid(store_run, small_store, cli):
+    code, out, err = cli("evaluate", "--run", str(store_run), "--subset", "test", "--geometry", "original")
+    assert code == 0, err
+    assert "store grid" in out and "original geometry" in out
+    record = json.loads((store_run / "record.json").read_text())
+    test_ids = json.loads(small_store["split"].read_text())["test"]
+    assert record["metrics"]["test_original"]["n"] == len(test_ids)
+    rows = record["metrics"]["test_original_cases"]
+    assert [r["case_id"] for r in rows] == sorted(test_ids)
+    raw = next(small_store["raw"].rglob(f"{test_ids[0]}_seg.nii*"))
+    assert rows[0]["spacing"] == pytest.approx([float(z) for z in nib.load(raw).header.get_zooms()[:3]])
+    assert all(0.0 <= r["WT_dice"] <= 1.0 for r in rows)
+
+
+def test_evaluate_original_geometry_needs_a_store_run(tmp_path, cli):
+    out = tmp_path / "synthetic"
+    code, _, err = cli("train", "--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2",
+                       "--synthetic-samples", "2", "--epochs", "1", "--steps-per-epoch", "1", "--out", str(out))
+    assert code == 0, err
+    code, _, err = cli("evaluate", "--run", str(out), "--geometry", "original")
+    assert code == 2 and "needs a run trained on a store" in err and len(err.strip().splitlines()) == 1

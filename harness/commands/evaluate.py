@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="store to read (default: the run's)")
     p.add_argument("--split", default=None, help="split file (default: the run's)")
     p.add_argument("--cases", type=int, default=None, help="evaluate only the first N cases")
+    p.add_argument("--geometry", choices=("store", "original"), default="store",
+                   help="original: also map each prediction back onto the case's original grid and score it against "
+                   "the raw label file at its own spacing, as BraTS does (beside the store-grid metrics)")
     p.set_defaults(func=run)
 
 
@@ -40,6 +43,7 @@ def format_summary(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.errors import UserError
     from harness.model.pretrained import load_run_model
     from harness.outdir import ensure_output_dir
     from harness.record import atomic_write_json
@@ -59,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
     cfg.data.val_cases = args.cases
     source = make_source(cfg, world)
     items = source.val_items(args.subset)
-    result = evaluate_items(model, items, cfg.data.crop, engine)
+    original = None
+    if args.geometry == "original":
+        if cfg.data.synthetic or not cfg.data.store:
+            raise UserError(f"--geometry original needs a run trained on a store; '{args.run}' used synthetic tensors")
+        from harness.data.store import open_store
+
+        original = open_store(cfg.data.store).raw_label
+    result = evaluate_items(model, items, cfg.data.crop, engine, original=original)
     if not world.is_root:
         return 0
     run = RunDir(args.run)
@@ -67,7 +78,15 @@ def run(args: argparse.Namespace) -> int:
     record = run.load_record()
     record.setdefault("metrics", {})[args.subset] = result["summary"]
     record["metrics"][f"{args.subset}_cases"] = result["cases"]
+    if "original" in result:  # BraTS geometry: the raw label's grid and spacing
+        record["metrics"][f"{args.subset}_original"] = result["original"]["summary"]
+        record["metrics"][f"{args.subset}_original_cases"] = result["original"]["cases"]
     run.write_record(record)
+    if "original" in result:
+        print("store grid (the store's voxel size, cropped to the roi):")
     print(format_summary(result["summary"]))
+    if "original" in result:
+        print("original geometry (each case's raw label file at its own spacing, as BraTS scores):")
+        print(format_summary(result["original"]["summary"]))
     print(f"per-case metrics: {run.eval_result(args.subset)}")
     return 0

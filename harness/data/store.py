@@ -455,6 +455,25 @@ class Store:
     def load_mask(self, case_id: str) -> np.ndarray:
         return np.load(self.array_path(case_id, "mask"))
 
+    def raw_label(self, case_id: str) -> tuple[np.ndarray, tuple[float, float, float], dict]:
+        """The case's raw label file as prepared from (BraTS labels {0,1,2,4}, its own grid), its voxel size in mm
+        and the case's meta (to map store-grid predictions back): what BraTS scores against."""
+        seg = self.entry(case_id).get("sources", {}).get("seg") or self.meta(case_id).get("sources", {}).get("seg")
+        if not seg:
+            raise UserError(f"{self.path}: case {case_id} was prepared without a label file")
+        path = Path(seg["path"])
+        try:
+            st = path.stat()
+        except OSError:
+            raise UserError(f"case {case_id}: raw label file {path} is gone (the store was prepared from it)") from None
+        if st.st_size != seg.get("size") or st.st_mtime_ns != seg.get("mtime_ns"):
+            raise UserError(f"case {case_id}: raw label file {path} changed since the store was prepared; "
+                            "run `bratsbench prepare` again")
+        data, problems = read_case(CaseFiles(case_id, path.parent, {}, path, False), (), need_label=True)
+        if data is None:
+            raise UserError(problems[0])
+        return data.label, tuple(float(z) for z in data.zooms), self.meta(case_id)
+
 
 def open_store(path: Path) -> Store:
     """Open a store written by `bratsbench prepare`; anything else is a UserError naming the path."""
