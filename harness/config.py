@@ -136,6 +136,9 @@ class TrainConfig:
     batch_size: int = 2
     epochs: int = 1
     steps_per_epoch: int | None = None
+    # stop once this many seconds went into training steps (over all epochs; the epoch that crosses it is cut
+    # short and still validated): a budget in time, for comparing variants whose steps cost differently
+    budget_s: float | None = None
     lr: float = 1e-3
     lr_scaling: bool = True
     warmup_steps: int = 0
@@ -164,6 +167,8 @@ class TrainConfig:
         _positive("epochs", self.epochs)
         if self.steps_per_epoch is not None:
             _positive("steps_per_epoch", self.steps_per_epoch)
+        if self.budget_s is not None and (isinstance(self.budget_s, bool) or not self.budget_s > 0):
+            raise UserError(f"training budget {self.budget_s!r} s must be a positive number of seconds")
         if self.lr <= 0:
             raise UserError(f"learning rate {self.lr} must be positive")
         if self.loss not in LOSSES:

@@ -92,6 +92,19 @@ def test_launched_workers_train_identical_replicas_with_per_rank_logs(tmp_path):
     assert "[0]<stderr>:" in result.stderr  # the launcher relays each worker's output, prefixed with its rank
 
 
+def test_a_time_budget_stops_every_worker_at_the_same_step(tmp_path):
+    out = tmp_path / "budget"
+    run(launch_cmd(2, "train", *SMALL, "--epochs", "200", "--steps-per-epoch", "4", "--batch-size", "1",
+                   "--budget-s", "3", "--out", str(out)))
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "ok" and record["extra"]["stopped"]["reason"] == "budget"
+    history = record["history"]
+    assert len(history) < 200 and set(history[-1]["val"]) == {"ET", "TC", "WT"}  # the cut epoch is validated
+    assert sum(h["train_s"] for h in history) >= 3 * 0.5  # rank 0's share of a mean over ranks that reached 3 s
+    sums = record["model"]["replica_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]  # both stopped after the same step
+
+
 # --- faults --------------------------------------------------------------------------------------------
 
 

@@ -55,3 +55,16 @@ def test_record_says_where_the_wall_time_went(tmp_path):
     assert phases["wall_s"] >= record["wall_s"]  # from the process's start, imports included
     windows = timing["window_throughputs_samples_s"]
     assert len(windows) == 3 and min(windows) <= timing["throughput_samples_s"] <= max(windows)
+
+
+def test_budget_in_training_seconds_stops_the_run_and_validates_the_last_epoch(tmp_path):
+    out = tmp_path / "budget"
+    run(bratsbench_cmd("train", *SMALL[:-2], "--epochs", "500", "--steps-per-epoch", "5", "--budget-s", "2",
+                       "--out", str(out)))
+    record = json.loads((out / "record.json").read_text())
+    stopped, history = record["extra"]["stopped"], record["history"]
+    assert record["status"] == "ok" and stopped["reason"] == "budget" and stopped["epoch"] == len(history) < 500
+    spent = sum(h["train_s"] for h in history)
+    steps = history[-1]["step"]
+    assert spent >= 2.0 and spent - 2.0 < 2 * spent / steps + 0.5  # stopped within about a step of the budget
+    assert "val" in history[-1] and stopped["step"] == steps

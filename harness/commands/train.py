@@ -29,6 +29,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "batch_size": ("train", "batch_size"),
     "epochs": ("train", "epochs"),
     "steps_per_epoch": ("train", "steps_per_epoch"),
+    "budget_s": ("train", "budget_s"),
     "lr": ("train", "lr"),
     "lr_scaling": ("train", "lr_scaling"),
     "warmup_steps": ("train", "warmup_steps"),
@@ -92,6 +93,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (default 2)")
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 1)")
     g.add_argument("--steps-per-epoch", type=int, default=None, help="steps per epoch (default: one pass over this rank's shard)")
+    g.add_argument("--budget-s", type=float, default=None, metavar="S",
+                   help="stop once S seconds went into training steps (the last epoch is cut short and validated)")
     g.add_argument("--lr", type=float, default=None, help="base learning rate (default 1e-3)")
     g.add_argument("--no-lr-scaling", dest="lr_scaling", action="store_false", default=None,
                    help="do not scale the learning rate by the number of ranks")

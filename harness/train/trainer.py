@@ -129,6 +129,8 @@ class Session:
     profiler: StepProfiler
     ahead: dict[int, Iterator] = field(default_factory=dict)  # epoch -> its pipeline, already started
     phases: Phases = field(default_factory=Phases)
+    spent_s: float = 0.0  # seconds in training steps so far, earlier (resumed) epochs included: the budget's clock
+    out_of_budget: bool = False
 
     def rebuild_step(self, engine: Engine) -> None:
         """A tf.function step reads `trainable_variables` when traced: rebuild it after (un)freezing."""
@@ -211,6 +213,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
     global_step = int(s.opt.iterations.numpy())
     start_epoch = int(s.epoch_var.numpy())
     record["history"] = [h for h in record["history"] if h.get("epoch", 0) <= start_epoch]
+    s.spent_s = sum(h.get("train_s") or 0.0 for h in record["history"])
     for epoch in range(start_epoch, s.epochs):
         if tcfg.unfreeze_after is not None and epoch >= tcfg.unfreeze_after and s.frozen_levels:
             unfreeze_all(s.model)
@@ -218,7 +221,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             s.rebuild_step(engine)
             record["model"]["unfrozen_at_epoch"] = epoch
         t_epoch = time.perf_counter()
-        losses, times, global_step = run_epoch(s, cfg, epoch, global_step, writer)
+        losses, times, global_step = run_epoch(s, cfg, epoch, global_step, writer, engine)
         s.epoch_var.assign(epoch + 1)
         mean_loss = engine.mean([float(np.mean(losses)) if losses else float("nan")])[0]
         entry: dict[str, Any] = {
@@ -227,7 +230,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "train_s": float(np.sum(times)),  # in training steps (a time-to-target counts these, not validation)
             "params_trainable": count_params(s.model)["trainable"],
         }
-        if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs):
+        if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs or s.out_of_budget):
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
             entry["val_s"] = time.perf_counter() - t_val
@@ -237,12 +240,18 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         record["history"].append(entry)
         if not tcfg.benchmark:
             _checkpoint(s, writer, global_step)
+        if s.out_of_budget:
+            record["extra"]["stopped"] = {"reason": "budget", "budget_s": tcfg.budget_s, "epoch": epoch + 1,
+                                          "step": global_step}
         writer.record(record)
         writer.epoch(entry)
+        if s.out_of_budget:
+            break
     s.profiler.close()
 
 
-def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: RunWriter) -> tuple[list[float], list[float], int]:
+def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: RunWriter,
+              engine: Engine) -> tuple[list[float], list[float], int]:
     """This epoch's steps (skipping those a resumed run already did); returns losses, step times, next step."""
     tcfg = cfg.train
     steps = s.total_steps if tcfg.benchmark else s.steps_per_epoch
@@ -273,7 +282,19 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
             bar.update(loss)
             if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0:
                 _checkpoint(s, writer, global_step)
+            if _over_budget(s, tcfg, t2 - t0, engine):
+                break
     return losses, times, global_step
+
+
+def _over_budget(s: Session, tcfg: Any, step_s: float, engine: Engine) -> bool:
+    """Whether the training-time budget is spent; decided on the mean over ranks, so every rank stops at the
+    same step (a rank that stopped alone would leave the others waiting in their next collective)."""
+    if tcfg.budget_s is None or tcfg.benchmark:
+        return False
+    s.spent_s += step_s
+    s.out_of_budget = engine.mean([s.spent_s])[0] >= tcfg.budget_s
+    return s.out_of_budget
 
 
 def _checkpoint(s: Session, writer: RunWriter, step: int) -> None:
