@@ -35,10 +35,11 @@ def study(small_store, tmp_path_factory):
     from harness.cli import main
 
     out = tmp_path_factory.mktemp("transfer") / "study"
-    args = ["transfer", "--store", str(small_store["store"]), "--split", str(small_store["split"]), *MODEL, "--out", str(out)]
-    assert main([*args, "--freeze-depths", "3"]) == 0
+    args = ["transfer", "--store", str(small_store["store"]), "--split", str(small_store["split"]), *MODEL, "--seeds", "1",
+            "--out", str(out)]
+    assert main([*args, "--freeze-depths", "3", "--no-head-only"]) == 0
     first = {label: rec["_dir"].joinpath("record.json").stat().st_mtime_ns for label, rec in _records(out).items()}
-    assert main([*args, "--freeze-depths", "0,3", "--head-only"]) == 0
+    assert main([*args, "--freeze-depths", "0,3"]) == 0  # head-only is a default variant
     return out, first
 
 

@@ -11,8 +11,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "transfer",
         help="pre-train on source modalities, fine-tune on target modalities per frozen depth, compare with scratch",
         description="(a) pre-train on --source on the split's train cases; (b) fine-tune on --target from those weights "
-        "with the first k encoder levels frozen, for each k in --freeze-depths (and --head-only); (c) train --target "
-        "from scratch with the same split, budget, optimiser and seed; evaluate every run on the test cases and write "
+        "with the first k encoder levels frozen, for each k in --freeze-depths, and with all but the head frozen; "
+        "(c) train --target from scratch with the same split, budget (epochs x steps, or --budget-s seconds of training), "
+        "optimiser and seed; evaluate every run on the test cases and write "
         "OUT/transfer.{md,csv} and OUT/learning_curves.png (the same table `bratsbench analyze` writes). Finished runs (the pre-training included) are reused.",
     )
     from harness.commands.train import add_run_arguments
@@ -22,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="t1,t2", help="target modalities (default t1,t2)")
     p.add_argument("--freeze-depths", default=None,
                    help="comma list of k (default: 0, half and the whole encoder, e.g. 0,2,4 at depth 3)")
-    p.add_argument("--head-only", action="store_true", help="also fine-tune with everything but the head frozen")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1; default 1)")
+    p.add_argument("--head-only", action=argparse.BooleanOptionalAction, default=True,
+                   help="also fine-tune with everything but the head frozen (default: yes)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="pre-training epochs (default: --epochs)")
     p.add_argument("--target-dice", type=float, default=None,
                    help="validation WT Dice to time against (default: scratch's final validation WT Dice)")

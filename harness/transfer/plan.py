@@ -91,6 +91,7 @@ def plan_study(
     for seed in seeds:
         pre = _variant(base, src, seed, freeze=0)
         pre.train.epochs = pretrain_epochs
+        pre.train.budget_s = None  # the budget is the target runs': pre-training runs its epochs
         pre.train.unfreeze_after = None
         pretrain = StudyRun("pretrain", seed, pre).place(study)
         runs.append(pretrain)

@@ -20,8 +20,8 @@ class StudyOptions:
     source: str = "flair,t1ce"
     target: str = "t1,t2"
     depths: list[int] | None = None  # default: 0, half and the whole encoder
-    head_only: bool = False
-    seeds: int = 1
+    head_only: bool = True
+    seeds: int = 3
     pretrain_epochs: int | None = None  # default: the base config's epochs
     np: int = 1
     timeout_s: float | None = None
