@@ -245,6 +245,9 @@ def phases_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 # ---------------------------------------------------------------- MMD
 
 
+MMD_COLUMNS = ("features", "pair", "mmd2", "mmd2_ci_low", "mmd2_ci_high", "p_value", "n", "m")
+
+
 def mmd_table(results: str | Path) -> pd.DataFrame:
     """Rows of every RESULTS/shift/*.json ({"rows": [...]}) with the file they came from."""
     rows = []
@@ -255,8 +258,8 @@ def mmd_table(results: str | Path) -> pd.DataFrame:
             continue
         for row in data.get("rows", []) if isinstance(data, dict) else []:
             if isinstance(row, dict) and "mmd2" in row:
-                rows.append({"file": path.stem, **{k: row.get(k) for k in ("features", "pair", "mmd2", "p_value", "n", "m")}})
-    return pd.DataFrame(rows, columns=["file", "features", "pair", "mmd2", "p_value", "n", "m"])
+                rows.append({"file": path.stem, **{k: row.get(k) for k in MMD_COLUMNS}})
+    return pd.DataFrame(rows, columns=["file", *MMD_COLUMNS])
 
 
 # ---------------------------------------------------------------- profiler

@@ -217,3 +217,32 @@ def test_bad_input_raises_one_line_user_error(call, match):
     with pytest.raises(UserError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_bootstrap_ci_equals_resampling_the_samples_by_hand(kernel):
+    from harness.shift.mmd import bootstrap_ci, median_heuristic, mmd2
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(0, 1, (40, 3)), rng.normal(0.4, 1, (30, 3))
+    sigma = median_heuristic(X, Y) if kernel == "rbf" else None
+    low, high = bootstrap_ci(X, Y, kernel=kernel, sigma=sigma, n_boot=120, seed=7)
+    draw = np.random.default_rng(7)
+    stats = []
+    for _ in range(120):  # the same draws: X indices, then Y indices, per resample
+        ix, iy = draw.integers(0, 40, size=40), draw.integers(0, 30, size=30)
+        stats.append(mmd2(X[ix], Y[iy], kernel=kernel, sigma=sigma, unbiased=True))
+    assert (low, high) == pytest.approx(tuple(np.percentile(stats, [2.5, 97.5])), rel=1e-9, abs=1e-12)
+    observed = mmd2(X, Y, kernel=kernel, sigma=sigma)
+    assert low < observed < high
+
+
+def test_bootstrap_ci_separates_shifted_from_identical_samples():
+    from harness.shift.mmd import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    same = bootstrap_ci(rng.normal(0, 1, (80, 2)), rng.normal(0, 1, (80, 2)), n_boot=200)
+    shifted = bootstrap_ci(rng.normal(0, 1, (80, 2)), rng.normal(1.5, 1, (80, 2)), n_boot=200)
+    assert shifted[0] > same[1]  # a real shift: the two intervals do not overlap
+    with pytest.raises(UserError, match="n_boot"):
+        bootstrap_ci(rng.normal(size=(5, 2)), rng.normal(size=(5, 2)), n_boot=0)

@@ -18,6 +18,8 @@ def test_shift_patches_and_learned_features(small_store, store_run, tmp_path, cl
     control = rows[("patch3", "control: flair+t1ce halves")]
     assert pair["p_value"] < 0.01 and pair["mmd2"] > 0
     assert control["mmd2"] < pair["mmd2"]
+    assert pair["mmd2_ci_low"] <= pair["mmd2"] <= pair["mmd2_ci_high"]  # the bootstrap CI beside the p-value
+    assert control["mmd2_ci_high"] < pair["mmd2_ci_low"]  # the shift is larger than the control's, beyond noise
     for s in ("flair", "t1ce"):
         for t in ("t1", "t2"):
             assert ("patch3", f"{s} vs {t}") in rows

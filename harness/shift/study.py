@@ -20,7 +20,7 @@ from harness.errors import UserError
 from harness.modalities import parse_modalities
 from harness.outdir import ensure_output_dir
 from harness.record import atomic_write_json
-from harness.shift.mmd import permutation_test
+from harness.shift.mmd import bootstrap_ci, permutation_test
 from harness.shift.features import sample_patches
 from harness.shift.plots import embedding_pngs
 from harness.shift.report import write_tables
@@ -73,9 +73,13 @@ def run_shift(opts: ShiftOptions, report: Callable[[str], None] = print) -> list
         x, y = _subsample(x, opts.max_samples, opts.seed), _subsample(y, opts.max_samples, opts.seed + 1)
         res = permutation_test(x, y, kernel=opts.kernel, n_permutations=opts.permutations, seed=opts.seed,
                                unbiased=not opts.biased)
-        rows.append({"features": features, "pair": pair, "mmd2": res.mmd2, "p_value": res.p_value, "sigma": res.sigma,
-                     "kernel": res.kernel, "n": res.n, "m": res.m, "dim": int(x.shape[1]), "unbiased": res.unbiased})
-        report(f"  {features:<16} {pair:<28} MMD^2 {res.mmd2:10.5f}  p {res.p_value:.4f}")
+        low = high = float("nan")
+        if res.unbiased:  # the CI's resamples recompute the U-statistic
+            low, high = bootstrap_ci(x, y, kernel=opts.kernel, sigma=res.sigma, n_boot=opts.permutations, seed=opts.seed)
+        rows.append({"features": features, "pair": pair, "mmd2": res.mmd2, "mmd2_ci_low": low, "mmd2_ci_high": high,
+                     "p_value": res.p_value, "sigma": res.sigma, "kernel": res.kernel, "n": res.n, "m": res.m,
+                     "dim": int(x.shape[1]), "unbiased": res.unbiased})
+        report(f"  {features:<16} {pair:<28} MMD^2 {res.mmd2:10.5f} [{low:.5f}, {high:.5f}]  p {res.p_value:.4f}")
 
     report(f"MMD between {','.join(source)} and {','.join(target)} on {len(ids)} {opts.subset} cases:")
     for s, t in itertools.product(source, target):
