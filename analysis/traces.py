@@ -4,7 +4,7 @@ Captures are read with the profile plugin's own converter (tensorboard_plugin_pr
 in '^'; `xspace_to_tool_data` returns a `(data, content_type)` tuple whose data is a str, or None when the
 tool failed).
 
-How one profiled step is split (all times are wall-clock intervals from one rank's trace viewer JSON):
+How one profiled step is split (all times are wall-clock intervals of one rank's capture, read from its XSpace):
   span         the trainer's timed step: from the start of the `next(it)` call that fetched this step's batch
                (the top-level host event around IteratorGetNext, between the previous step marker and this one)
                to the end of the `train N` step marker. The trainer's `next(it)` runs outside its
@@ -91,9 +91,49 @@ def convert(xplane: str | Path, tool: str, params: dict[str, Any] | None = None)
     return data.decode() if isinstance(data, bytes) else str(data)
 
 
+_OP_EVENT = re.compile(r"^[^\s:][^:]*:[A-Z][A-Za-z0-9_]*$")  # a TensorFlow op's host event: "scope/name:OpType"
+
+
+def _stat_value(stat: Any, names: dict[int, str]) -> Any:
+    kind = stat.WhichOneof("value")
+    if kind == "ref_value":
+        return names.get(stat.ref_value, "")
+    if kind == "bytes_value":
+        return stat.bytes_value.hex()
+    return getattr(stat, kind) if kind else None
+
+
 def trace_events(xplane: str | Path) -> dict[str, Any]:
-    """The capture as Chrome-trace JSON (the plugin's 'trace_viewer^' tool)."""
-    return json.loads(convert(xplane, "trace_viewer^"))
+    """The capture as Chrome-trace events, built from the XSpace itself: one process per plane, one thread per
+    line, every stat of an event (and of its metadata) as an arg, times in microseconds.
+
+    Read directly rather than through the plugin's trace viewer, whose JSON keeps the stats (step_num, is_eager,
+    long_name) up to TensorFlow 2.18 but drops them with xprof 2.21. An op event ("scope/name:OpType") gets
+    `long_name` (its full name) and `is_eager` (0 unless the profiler recorded it)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    try:
+        space = xplane_pb2.XSpace.FromString(Path(xplane).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{xplane}: not a readable profiler capture ({exc})") from None
+    events: list[dict[str, Any]] = []
+    for pid, plane in enumerate(space.planes):
+        names = {k: v.name for k, v in plane.stat_metadata.items()}
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": plane.name}})
+        for line in plane.lines:
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": line.id,
+                           "args": {"name": line.display_name or line.name}})
+            base_ps = line.timestamp_ns * 1000
+            for ev in line.events:
+                md = plane.event_metadata[ev.metadata_id]
+                args = {names.get(st.metadata_id, str(st.metadata_id)): _stat_value(st, names)
+                        for st in (*md.stats, *ev.stats)}
+                if _OP_EVENT.match(md.name):
+                    args.setdefault("long_name", md.name)
+                    args.setdefault("is_eager", 0)
+                events.append({"ph": "X", "pid": pid, "tid": line.id, "name": md.display_name or md.name,
+                               "ts": (base_ps + ev.offset_ps) / 1e6, "dur": ev.duration_ps / 1e6, "args": args})
+    return {"traceEvents": events}
 
 
 def tensorboard_runs(logdir: str | Path) -> list[str]:
@@ -220,7 +260,9 @@ def _comm_intervals(tr: _Trace) -> list[Interval]:
     for e in tr.events:
         args = e.get("args", {})
         if str(args.get("kernel_type", "")).startswith(HOROVOD_PREFIX):
-            key = (str(args.get("group_id", "")), str(args.get("name", "")))
+            # a Start and its Done share a step group (trace viewer JSON) or a flow id: the Start's _p is the Done's _c
+            flow = args.get("group_id", args.get("_p", args.get("_c", "")))
+            key = (str(flow), str(args.get("name", "")))
             if e["name"].endswith("::Start"):
                 starts.setdefault(key, e)
             elif e["name"].endswith("::Done"):
@@ -296,8 +338,11 @@ def step_breakdown(trace: dict[str, Any], rank: int = 0) -> pd.DataFrame:
 def plugin_step_times(xplane: str | Path) -> dict[int, float]:
     """step -> duration in ms as the plugin's input-pipeline analyzer measures it (from the same step markers)."""
     try:
-        table = json.loads(convert(xplane, "input_pipeline_analyzer^"))[0]
-    except (RuntimeError, ValueError, IndexError, KeyError, TypeError):
+        tables = json.loads(convert(xplane, "input_pipeline_analyzer^"))
+        # the per-step table: the first (plugin <= 2.19) or the first with a step-number column (xprof 2.21)
+        table = next(t for t in tables if t.get("rows") and any(c.get("id") in ("stepnum", "stepTimeMs") or
+                                                                 str(c.get("id", "")).endswith("TimeMs") for c in t.get("cols", [])))
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError, AttributeError, StopIteration):
         return {}
     ids = [c.get("id", "") for c in table.get("cols", [])]
     out: dict[int, float] = {}
