@@ -185,3 +185,15 @@ def test_cli_plan_table_json_and_one_line_errors(tmp_path, cli):
     assert code == 2 and "not valid YAML" in err and err.strip().count("\n") == 0
     code, _, err = cli("sweep", "plan", str(tmp_path / "missing.yaml"))
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("name", ["sweep-demo.yaml", "sweep-engines.yaml"])
+def test_example_specs_plan(name):
+    from tests.conftest import REPO
+
+    runs = plan(load_spec(REPO / "examples" / name))
+    assert runs and len({r.run_id for r in runs}) == len(runs)
+    if name == "sweep-engines.yaml":  # both engines at np 1 and 2, three interleaved rounds
+        assert [(r.np, r.config.train.backend, r.repeat) for r in runs[:4]] == [
+            (1, "horovod", 0), (1, "mwms", 0), (2, "horovod", 0), (2, "mwms", 0)]
+        assert len(runs) == 12
