@@ -59,18 +59,20 @@ def _cv(a: np.ndarray) -> float:
     return float(a.std(ddof=1) / abs(a.mean()))
 
 
-def median_ci(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
-    """The median of `values` with a percentile-bootstrap CI (seeded: the same values give the same CI)."""
-    a = _checked(values, "median_ci")
-    level = _level(level)
-    value = float(np.median(a))
+def _bootstrap(a: np.ndarray, statistic, level: float, resamples: int, seed: int) -> Estimate:
+    value = float(statistic(a))
     if a.size < 2:
         return Estimate(value, math.nan, math.nan, 1, math.nan)
     if np.ptp(a) == 0:
         return Estimate(value, value, value, int(a.size), _cv(a))
-    res = stats.bootstrap((a,), np.median, confidence_level=level, n_resamples=resamples, method="percentile",
+    res = stats.bootstrap((a,), statistic, confidence_level=_level(level), n_resamples=resamples, method="percentile",
                           random_state=np.random.default_rng(seed), vectorized=True)
     return Estimate(value, float(res.confidence_interval.low), float(res.confidence_interval.high), int(a.size), _cv(a))
+
+
+def median_ci(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
+    """The median of `values` with a percentile-bootstrap CI (seeded: the same values give the same CI)."""
+    return _bootstrap(_checked(values, "median_ci"), np.median, _level(level), resamples, seed)
 
 
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], level: float = LEVEL,
@@ -87,16 +89,7 @@ def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], level: fl
 
 def mean_ci(values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:
     """The mean of `values` with a percentile-bootstrap CI (for per-seed results such as a time to target)."""
-    a = _checked(values, "mean_ci")
-    level = _level(level)
-    value = float(a.mean())
-    if a.size < 2:
-        return Estimate(value, math.nan, math.nan, 1, math.nan)
-    if np.ptp(a) == 0:
-        return Estimate(value, value, value, int(a.size), _cv(a))
-    res = stats.bootstrap((a,), np.mean, confidence_level=level, n_resamples=resamples, method="percentile",
-                          random_state=np.random.default_rng(seed), vectorized=True)
-    return Estimate(value, float(res.confidence_interval.low), float(res.confidence_interval.high), int(a.size), _cv(a))
+    return _bootstrap(_checked(values, "mean_ci"), np.mean, _level(level), resamples, seed)
 
 
 def two_way_mean_ci(matrix: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0) -> Estimate:

@@ -454,11 +454,9 @@ def bootstrap_ci(
     if kernel == "rbf" and sig is None:
         sig = median_heuristic(Xa, Ya)
     kern = _Kernel(kernel, sig)
-    Z = np.concatenate([Xa, Ya])
-    prepared = kern.prepare(np.asarray(Z, dtype=np.float64) - _pooled_mean(Xa, Ya))
-    K = kern.block(prepared, prepared, reuse=False)
-    d = kern.self_value(prepared)
-    K[np.diag_indices_from(K)] = 0.0
+    Z, mu = np.concatenate([Xa, Ya]), _pooled_mean(Xa, Ya)
+    K = _pooled_kernel_matrix(Z, mu, kern, unbiased=True)  # zero diagonal ...
+    d = kern.self_value(kern.prepare(np.asarray(Z, dtype=np.float64) - mu))  # ... and the true k(z, z) beside it
     rng = np.random.default_rng(seed)
     cx = np.zeros((n + m, n_boot))
     cy = np.zeros((n + m, n_boot))
