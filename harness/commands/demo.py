@@ -119,15 +119,18 @@ def _profiled(store: Path, split: Path, results: Path, np_: int) -> bool:
     from harness import launch
     from harness.rundir import RunDir
 
-    _stage(7, STAGES, "one profiled 2-rank run: TensorFlow profiler on every rank and a Horovod timeline")
+    launcher = launch.launcher_for(None, "horovodrun")  # this environment's engine: MWMS where Horovod is missing
+    timeline = launcher != "mwms"  # only Horovod has a timeline
+    _stage(7, STAGES, "one profiled 2-rank run: TensorFlow profiler on every rank"
+           + (" and a Horovod timeline" if timeline else " (MWMS workers)"))
     profiled = RunDir(results / "profiled")
     ok = True
     if profiled.status() != "ok":
         cfg = _run_config(store, split, profiled.path, batch_size=2, benchmark=True, bench_warmup=3, bench_steps=8,
-                          profile_steps=[4, 7], timeline=True)
+                          profile_steps=[4, 7], timeline=timeline)
         cfg.model.modalities = ("t1", "t2")
         profiled.create().write_config(cfg.validate().to_dict())
-        ok = launch.launch_train(profiled, min(2, np_), timeout_s=1800)["status"] == "ok"
+        ok = launch.launch_train(profiled, min(2, np_), launcher=launcher, timeout_s=1800)["status"] == "ok"
     print(f"tensorboard --logdir {profiled.profile}   # one run per rank")
     return ok
 
