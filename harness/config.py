@@ -200,6 +200,9 @@ class TrainConfig:
                 raise UserError(f"profile steps {start}:{stop} must be A:B with 0 <= A <= B")
 
 
+ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None))  # (section, field, default): see identity()
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run; serialised whole into the run record."""
@@ -249,8 +252,12 @@ class RunConfig:
         ident = self.to_dict()
         for key in ("out", "name", "tags"):
             ident.pop(key, None)
-        if not ident.get("repeat"):
-            ident.pop("repeat", None)  # repeat 0 keeps the IDs runs had before repeats existed
+        # fields added after run IDs were first handed out leave the ID alone at their default, so a results
+        # folder of an earlier version is still reused (repeat 0, no time budget)
+        for section, key, default in ADDED_FIELDS:
+            holder = ident.get(section, {}) if section else ident
+            if holder.get(key, default) == default:
+                holder.pop(key, None)
         return ident
 
 

@@ -197,3 +197,14 @@ def test_example_specs_plan(name):
         assert [(r.np, r.config.train.backend, r.repeat) for r in runs[:4]] == [
             (1, "horovod", 0), (1, "mwms", 0), (2, "horovod", 0), (2, "mwms", 0)]
         assert len(runs) == 12
+
+
+def test_fields_added_later_keep_the_ids_of_earlier_versions():
+    from harness.config import RunConfig
+
+    cfg = RunConfig()
+    ident = cfg.identity()
+    assert "repeat" not in ident and "budget_s" not in ident["train"]  # at their defaults: not part of the ID
+    cfg.train.budget_s = 60.0
+    cfg.repeat = 2
+    assert cfg.identity()["train"]["budget_s"] == 60.0 and cfg.identity()["repeat"] == 2
