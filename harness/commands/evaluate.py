@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     engine = LocalEngine()
     world = engine.init()  # before any TensorFlow work: it fixes the thread pools
     model, cfg = load_run_model(args.run)
+    if args.geometry == "original" and not args.store and (cfg.data.synthetic or not cfg.data.store):  # before any case is read
+        raise UserError(f"--geometry original needs a run trained on a store; '{args.run}' used synthetic tensors")
     ensure_output_dir(args.run, what="--run")  # eval-<subset>.json and the record are written there
     if args.store:
         cfg.data.store, cfg.data.synthetic = args.store, False
@@ -65,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
     items = source.val_items(args.subset)
     original = None
     if args.geometry == "original":
-        if cfg.data.synthetic or not cfg.data.store:
-            raise UserError(f"--geometry original needs a run trained on a store; '{args.run}' used synthetic tensors")
         from harness.data.store import open_store
 
         original = open_store(cfg.data.store).raw_label
