@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,14 +247,23 @@ def supervise(
     env: dict[str, str] | None = None,
     poll_s: float = 0.5,
     is_rank: Callable[[psutil.Process], bool] = is_rank_process,
+    cpus: Sequence[int] | None = None,
+    stop: threading.Event | None = None,
 ) -> Outcome:
-    """Run `cmd` in a new session; kill its whole tree on timeout, on a lost rank, or on Ctrl-C (re-raised)."""
+    """Run `cmd` in a new session; kill its whole tree on timeout, on a lost rank, or on Ctrl-C (re-raised).
+
+    `cpus`: the cores the command (and every process it starts) may use, for runs side by side. `stop`: set by
+    another thread to kill the command as Ctrl-C would (a new session does not see the terminal's Ctrl-C)."""
     start = time.monotonic()
     proc = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     ranks: dict[int, psutil.Process] = {}
     lost_at: float | None = None
     try:
+        if cpus:  # set before the child gets past its imports; its ranks and threads inherit it
+            os.sched_setaffinity(proc.pid, set(cpus))
         while True:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             try:
                 code = proc.wait(timeout=poll_s)
                 return Outcome(code, time.monotonic() - start)
@@ -466,6 +476,8 @@ def launch_train(
     grace_s: float = RANK_GRACE_S,
     annotate: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    cpus: Sequence[int] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Launch `bratsbench train` for `run` (its config file must exist), supervise it and settle its record.
 
@@ -482,21 +494,25 @@ def launch_train(
         if np_ == 1 and launcher != "srun":  # no launcher: the process's own streams are rank 0's
             run.rank_log(0).parent.mkdir(parents=True)
             with open(run.rank_log(0, "stdout"), "wb") as out, open(run.rank_log(0, "stderr"), "wb") as err:
-                outcome = supervise(cmd, stdout=out, stderr=err, timeout_s=timeout_s, grace_s=grace_s, env=env)
+                outcome = supervise(cmd, stdout=out, stderr=err, timeout_s=timeout_s, grace_s=grace_s, env=env,
+                                    cpus=cpus, stop=stop)
         else:
             with open(run.launcher_log, "wb") as out:
-                outcome = supervise(cmd, stdout=out, stderr=subprocess.STDOUT, timeout_s=timeout_s, grace_s=grace_s, env=env)
+                outcome = supervise(cmd, stdout=out, stderr=subprocess.STDOUT, timeout_s=timeout_s, grace_s=grace_s, env=env,
+                                    cpus=cpus, stop=stop)
     except KeyboardInterrupt:
         settle(run, Outcome(130, time.monotonic() - start), np_=np_, annotate=annotate, status="interrupted")
         raise
     return settle(run, outcome, np_=np_, annotate=annotate)
 
 
-def run_logged(cmd: Sequence[str], log: Path, timeout_s: float | None = None, env: dict[str, str] | None = None) -> int | None:
+def run_logged(cmd: Sequence[str], log: Path, timeout_s: float | None = None, env: dict[str, str] | None = None,
+               cpus: Sequence[int] | None = None, stop: threading.Event | None = None) -> int | None:
     """Run a helper command (not a training run) supervised, stdout and stderr appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        return supervise(cmd, stdout=fh, stderr=fh, timeout_s=timeout_s, env=launch_env(env)).exit_code
+        return supervise(cmd, stdout=fh, stderr=fh, timeout_s=timeout_s, env=launch_env(env), cpus=cpus,
+                         stop=stop).exit_code
 
 
 def sigterm_as_interrupt() -> Callable[[], None]:

@@ -39,7 +39,8 @@ def study(small_store, tmp_path_factory):
             "--out", str(out)]
     assert main([*args, "--freeze-depths", "3", "--no-head-only"]) == 0
     first = {label: rec["_dir"].joinpath("record.json").stat().st_mtime_ns for label, rec in _records(out).items()}
-    assert main([*args, "--freeze-depths", "0,3"]) == 0  # head-only is a default variant
+    # head-only is a default variant; the two new runs go side by side, one core each (CI has 2 cores)
+    assert main([*args, "--freeze-depths", "0,3", "--parallel", "2"]) == 0
     return out, first
 
 
@@ -107,6 +108,19 @@ def test_pretraining_and_finished_runs_are_reused(study):
 
 
 @pytest.mark.slow
+def test_parallel_runs_each_have_their_own_cores(study):
+    import os
+
+    out, first = study
+    recs = _records(out)
+    new = [recs[label]["timing"]["cores"] for label in recs if label not in first]
+    assert len(new) == 2  # finetune-k0 and finetune-head, run with --parallel 2
+    assert all(len(c) == len(os.sched_getaffinity(0)) // 2 for c in new)
+    assert not set(new[0]) & set(new[1])
+    assert all(len(recs[label]["timing"]["cores"]) == len(os.sched_getaffinity(0)) for label in first)
+
+
+@pytest.mark.slow
 def test_frozen_encoder_equals_pretrained_weights_after_finetuning(study):
     out, _ = study
     recs = _records(out)
@@ -127,6 +141,9 @@ def test_frozen_encoder_equals_pretrained_weights_after_finetuning(study):
         (["--source", "t1,t2", "--target", "t2,t1"], "are the same modalities"),
         (["--target", "t1,t5"], "unknown modality 't5'"),
         (["--freeze-depths", "0,9"], "freeze depth 9 is beyond the model"),
+        (["--parallel", "0"], "--parallel 0 must be at least 1"),
+        (["--parallel", "999"], "--parallel 999 with --np 1 needs 999 cores"),
+        (["--pretrain-budget-s", "0"], "--pretrain-budget-s 0.0 must be a positive number"),
     ],
 )
 def test_transfer_bad_input_before_any_work(small_store, tmp_path, cli, extra, needle):

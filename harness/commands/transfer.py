@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also fine-tune with everything but the head frozen (default: yes)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="pre-training epochs (default: --epochs)")
+    p.add_argument("--pretrain-budget-s", type=float, default=None, metavar="S",
+                   help="seconds of training for each pre-training run (default: no limit; it runs its epochs)")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs side by side, each pinned to its own share of the cores (default 1; use the core "
+                        "count with --threads 1 on a CPU)")
     p.add_argument("--target-dice", type=float, default=None,
                    help="validation WT Dice to time against (default: scratch's final validation WT Dice)")
     p.add_argument("--np", type=int, default=1, help="ranks per run (horovodrun over Gloo when > 1)")
@@ -51,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--freeze-depths '{args.freeze_depths}' is not a comma list of integers") from None
     opts = StudyOptions(source=args.source, target=args.target, depths=depths, head_only=args.head_only,
-                        seeds=args.seeds, pretrain_epochs=args.pretrain_epochs, np=args.np, timeout_s=args.timeout)
+                        seeds=args.seeds, pretrain_epochs=args.pretrain_epochs, pretrain_budget_s=args.pretrain_budget_s,
+                        np=args.np, parallel=args.parallel, timeout_s=args.timeout)
     out = Path(args.out)
     result = run_study(config_from_args(args), opts, out, report=lambda line: print(line, flush=True))
     table, files = write_comparison(result.records, out, target=args.target_dice)

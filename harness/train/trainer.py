@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -259,7 +260,9 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
     it = s.ahead.pop(epoch, None) or iterate(_epoch_stream(s.source, epoch, steps, tcfg.benchmark), skip=done)
     losses: list[float] = []
     times: list[float] = []
-    with writer.bar(steps, done, "benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}") as bar:
+    label = ("benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}" if tcfg.budget_s is None
+             else f"epoch {epoch + 1}, {s.spent_s:.0f} of {tcfg.budget_s:g} s")  # the budget ends it, not the epochs
+    with writer.bar(steps, done, label) as bar:
         for _ in range(done, steps):
             s.profiler.before_step(global_step)
             t0 = time.perf_counter()
@@ -327,7 +330,7 @@ def finish(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, record
     timing = s.timer.summary(cfg.train.batch_size * world.size)
     mems = engine.allgather_object(peak_host_mem_mb())
     timing.update(peak_host_mem_mb=max(mems), peak_host_mem_mb_per_rank=mems, peak_gpu_mem_mb=_peak_gpu_mem_mb(),
-                  threads_per_rank=world.threads)
+                  threads_per_rank=world.threads, cores=sorted(os.sched_getaffinity(0)))  # rank 0's allowed cores
     if timing.get("step_time_mean_s"):
         per_rank_rate = cfg.train.batch_size / timing["step_time_mean_s"]
         timing["achieved_gflops_per_rank"] = per_rank_rate * record["model"]["train_gflops_per_sample"]

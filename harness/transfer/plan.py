@@ -72,7 +72,7 @@ def default_depths(depth: int) -> list[int]:
 
 def plan_study(
     base: RunConfig, source: str, target: str, depths: list[int] | None, seeds: list[int], study: Path, *,
-    pretrain_epochs: int, head_only: bool = False,
+    pretrain_epochs: int, head_only: bool = False, pretrain_budget_s: float | None = None,
 ) -> list[StudyRun]:
     """Per seed: pre-training on `source`, fine-tuning on `target` at each depth (and head-only), scratch.
 
@@ -91,7 +91,7 @@ def plan_study(
     for seed in seeds:
         pre = _variant(base, src, seed, freeze=0)
         pre.train.epochs = pretrain_epochs
-        pre.train.budget_s = None  # the budget is the target runs': pre-training runs its epochs
+        pre.train.budget_s = pretrain_budget_s  # not the target runs' budget: pre-training has its own
         pre.train.unfreeze_after = None
         pretrain = StudyRun("pretrain", seed, pre).place(study)
         runs.append(pretrain)

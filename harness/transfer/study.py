@@ -23,7 +23,9 @@ class StudyOptions:
     head_only: bool = True
     seeds: int = 3
     pretrain_epochs: int | None = None  # default: the base config's epochs
+    pretrain_budget_s: float | None = None  # default: none, pre-training runs its epochs
     np: int = 1
+    parallel: int = 1  # runs side by side, each on its own cores
     timeout_s: float | None = None
 
     def validate(self) -> "StudyOptions":
@@ -31,6 +33,11 @@ class StudyOptions:
             raise UserError(f"--seeds {self.seeds} must be at least 1")
         if self.np < 1:
             raise UserError(f"--np {self.np} must be at least 1")
+        if self.pretrain_budget_s is not None and not self.pretrain_budget_s > 0:
+            raise UserError(f"--pretrain-budget-s {self.pretrain_budget_s} must be a positive number of seconds")
+        from harness.transfer.execute import core_slots
+
+        core_slots(self.parallel, self.np)  # enough cores for that many runs side by side
         return self
 
 
@@ -50,7 +57,8 @@ def run_study(base: RunConfig, opts: StudyOptions, out: Path, report: Callable[[
     if base.data.synthetic:
         raise UserError("transfer needs a prepared store and split (--store, --split), not --synthetic")
     runs = plan_study(base, opts.source, opts.target, opts.depths, list(range(opts.seeds)), Path(out),
-                      pretrain_epochs=opts.pretrain_epochs or base.train.epochs, head_only=opts.head_only)
+                      pretrain_epochs=opts.pretrain_epochs or base.train.epochs, head_only=opts.head_only,
+                      pretrain_budget_s=opts.pretrain_budget_s)
     from harness.data.split import load_split
     from harness.data.store import open_store
 
@@ -59,7 +67,7 @@ def run_study(base: RunConfig, opts: StudyOptions, out: Path, report: Callable[[
     load_split(Path(base.data.split), store)
     ensure_output_dir(out)
     report(f"transfer study: {len(runs)} runs into {out}")
-    status = execute(runs, np_=opts.np, timeout_s=opts.timeout_s, report=report)
+    status = execute(runs, np_=opts.np, timeout_s=opts.timeout_s, parallel=opts.parallel, report=report)
     records = [r for r in (run.run_dir.read_record() for run in runs if status[run.id]["status"] == "ok") if r]
     from harness.record import atomic_write_json
 
