@@ -360,20 +360,48 @@ def plugin_step_times(xplane: str | Path) -> dict[int, float]:
 
 def top_ops(xplane: str | Path, n: int = 10) -> pd.DataFrame:
     """The ops with the most self time in the capture (the plugin's TF-stats table), IDLE left out."""
-    import io
-
-    table = pd.read_csv(io.StringIO(_op_stats_csv(xplane)))
-    table = table[table["Type"] != "IDLE"]
-    self_us = table["Total self-time (us)"].astype(float)
+    table = op_stats_table(_op_stats_csv(xplane))
+    table = table[table["type"] != "IDLE"]
+    self_us = table["total_self_time"].astype(float)
     out = pd.DataFrame({
-        "name": table["Operation"],
-        "type": table["Type"],
-        "where": table["Host/device"],
-        "count": table["#Occurrences"].astype(int),
+        "name": table["operation"],
+        "type": table["type"],
+        "where": table["host_or_device"],
+        "count": table["occurrences"].astype(int),
         "self_ms": self_us / 1e3,
         "share": self_us / self_us.sum() if self_us.sum() > 0 else 0.0,
     })
     return out.sort_values("self_ms", ascending=False).head(n).reset_index(drop=True)
+
+
+# The op-stats columns by the ids of xprof's DataTable; older plugins send CSV with these labels instead.
+OP_STATS_COLUMNS = ("type", "operation", "host_or_device", "occurrences", "total_self_time")
+_OP_STATS_LABELS = {"Type": "type", "Operation Type": "type", "Operation": "operation", "Operation Name": "operation",
+                    "Host/device": "host_or_device", "#Occurrences": "occurrences",
+                    "Total self-time (us)": "total_self_time"}
+
+
+def op_stats_table(text: str) -> pd.DataFrame:
+    """The framework-op-stats table from the plugin's answer: CSV (tensorboard-plugin-profile 2.15-2.18, which
+    honour `tqx=out:csv`) or a Google DataTable JSON (xprof 2.21 sends that whatever is asked). Columns are
+    OP_STATS_COLUMNS; ValueError naming what is missing when neither shape has them."""
+    import io
+    import json
+
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        tables = json.loads(stripped)
+        for table in tables if isinstance(tables, list) else [tables]:
+            ids = [c.get("id") for c in table.get("cols", [])]
+            if set(OP_STATS_COLUMNS) <= set(ids):
+                rows = [[(cell or {}).get("v") for cell in row.get("c", [])] for row in table.get("rows", [])]
+                return pd.DataFrame(rows, columns=ids)[list(OP_STATS_COLUMNS)]
+        raise ValueError(f"no op-stats table with columns {', '.join(OP_STATS_COLUMNS)} in the plugin's JSON")
+    table = pd.read_csv(io.StringIO(text)).rename(columns=_OP_STATS_LABELS)
+    missing = [c for c in OP_STATS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"op-stats CSV has no column {', '.join(missing)} (it has {', '.join(map(str, table.columns))})")
+    return table[list(OP_STATS_COLUMNS)]
 
 
 def _op_stats_csv(xplane: str | Path) -> str:

@@ -53,6 +53,37 @@ def test_step_breakdown_buckets_on_a_known_trace():
     assert (s8["step_ms"], s8["input_ms"], s8["compute_ms"], s8["other_ms"]) == pytest.approx((38, 3, 0, 35))
 
 
+OP_STATS_CSV = """Rank,Host/device,Type,Operation,#Occurrences,Total time (us),Total self-time (us)
+0,Host,Conv3D,model/enc1/conv,12,900.5,800.25
+0,Host,IDLE,IDLE,1,50,50
+"""
+OP_STATS_JSON = json.dumps([
+    {"cols": [{"id": "rank"}, {"id": "host_or_device"}, {"id": "type"}, {"id": "operation"}, {"id": "occurrences"},
+              {"id": "total_self_time"}],
+     "rows": [{"c": [{"v": 0}, {"v": "Host"}, {"v": "Conv3D"}, {"v": "model/enc1/conv"}, {"v": 12}, {"v": 800.25}]},
+              {"c": [{"v": 0}, {"v": "Host"}, {"v": "IDLE"}, {"v": "IDLE"}, {"v": 1}, {"v": 50}]}]},
+    {"cols": [{"id": "other"}], "rows": []},
+])
+
+
+@pytest.mark.parametrize("text", [OP_STATS_CSV, OP_STATS_JSON], ids=["csv-2.18", "datatable-2.21"])
+def test_op_stats_table_reads_both_plugin_answers(text):
+    table = traces.op_stats_table(text)
+    assert list(table.columns) == list(traces.OP_STATS_COLUMNS)
+    assert table["type"].tolist() == ["Conv3D", "IDLE"]
+    assert table["total_self_time"].astype(float).tolist() == [800.25, 50.0]
+    assert table["occurrences"].astype(int).tolist() == [12, 1]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("Rank,Operation\n0,x\n", "op-stats CSV has no column type, host_or_device, occurrences, total_self_time"),
+    (json.dumps([{"cols": [{"id": "rank"}], "rows": []}]), "no op-stats table with columns"),
+])
+def test_op_stats_table_says_what_is_missing(text, needle):
+    with pytest.raises(ValueError, match=needle):
+        traces.op_stats_table(text)
+
+
 def test_step_breakdown_needs_step_markers():
     with pytest.raises(ValueError, match="no step markers"):
         traces.step_breakdown({"traceEvents": [_x("Conv3D", 0, 5, 1, is_eager=0, long_name="c:Conv3D")]})
@@ -188,9 +219,8 @@ def test_breakdown_sums_to_the_step_time(per_step, engine_run):
 
 
 @pytest.mark.slow
-@pytest.mark.horovod
-def test_top_ops_name_the_convolutions(profiled_run):
-    for rank, xplane in traces.find_captures(profiled_run[0]).items():
+def test_top_ops_name_the_convolutions(engine_run):
+    for rank, xplane in traces.find_captures(engine_run[0]).items():
         ops = traces.top_ops(xplane, n=15)
         assert len(ops) == 15
         assert (ops["self_ms"] > 0).all() and (ops["count"] >= 1).all()
