@@ -13,7 +13,7 @@ demo: setup
 	$(BIN)/bratsbench demo --out demo-output
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 	@bash scripts/test-py313.sh
 
 bench: setup

@@ -27,4 +27,4 @@ if [ -z "$py" ]; then
 fi
 echo "[test-py313] Python 3.13 stack with $py in $VENV313"
 VENV=$VENV313 PYTHON=$py bash scripts/setup.sh
-exec "$VENV313/bin/python" -m pytest -q -m "(not horovod and not slow) or mwms" tests
+exec "$VENV313/bin/python" -m pytest -q --durations=15 -m "(not horovod and not slow) or mwms" tests

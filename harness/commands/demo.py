@@ -42,8 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_START = time.perf_counter()  # reset by run(): each stage says when it began, so the split of the time is in the log
+
+
 def _stage(i: int, n: int, text: str) -> float:
-    print(f"\n[{i}/{n}] {text}", flush=True)
+    print(f"\n[{i}/{n}] {text}  (at {(time.perf_counter() - _START) / 60:.1f} min)", flush=True)
     return time.perf_counter()
 
 
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     out = ensure_output_dir(args.out).resolve()
     results = out / "results"
-    t0 = time.perf_counter()
+    global _START
+    t0 = _START = time.perf_counter()
     failures: list[str] = []
     store, split = _data(args, out)
     if not _sweep(store, split, out, results, args.np):
