@@ -142,3 +142,17 @@ def breakdown_png(summary: pd.DataFrame, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def scaling_model_png(table: pd.DataFrame, path: str | Path) -> Path:
+    """Predicted weak-scaling efficiency against rank count (log2), one line per run and interconnect."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for (run, link), g in table.groupby(["run", "interconnect"], sort=False):
+        ax.plot(g["np"], g["efficiency"], marker="o", ms=3, label=f"{run}: {link}")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="ranks (one GPU or core each)", ylabel="weak-scaling efficiency (predicted)", ylim=(0, 1.05),
+           title="scaling model: compute + exposed ring allreduce")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -122,8 +122,10 @@ def mmd_section(results: Path, out: Path) -> Section:
     return s
 
 
-def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
-    """Step-time breakdown, top ops and Horovod timeline of every run that holds profiler captures."""
+def profile_section(records: list[dict], out: Path, top: int = 10,
+                    breakdowns: list[tuple[dict, pd.DataFrame]] | None = None) -> Section:
+    """Step-time breakdown, top ops and Horovod timeline of every run that holds profiler captures; each run's
+    per-step breakdown is also appended to `breakdowns` (for the scaling model)."""
     s = Section("profile", "Profiler: step-time breakdown per rank", about=(
         "Per rank, mean ms per profiled step. step_ms runs from the trainer's next(it) to the end of the step marker "
         "(marker_ms is the marker alone, as TensorBoard shows it). compute: some TF op runs; communication: a Horovod "
@@ -149,6 +151,8 @@ def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
             except (ValueError, RuntimeError, OSError) as exc:
                 s.notes.append(f"{folder}: no breakdown ({exc})")
                 continue
+            if breakdowns is not None:
+                breakdowns.append((record, per_step.assign(run=name)))
             per_step.insert(0, "run", name)
             steps.append(per_step)
             summary = traces.summarize_breakdown(per_step.drop(columns="run"), record)
@@ -199,6 +203,45 @@ def profile_section(records: list[dict], out: Path, top: int = 10) -> Section:
     return s
 
 
+def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Section:
+    """Weak scaling to np = 512 predicted from each profiled run's compute, gradient bytes and overlap."""
+    from analysis import scaling_model as sm
+
+    s = Section("model", "Scaling model: predicted weak scaling past this machine", about=(
+        "Per profiled run: step = compute + (1 - overlap) x ring allreduce of its gradient bytes, "
+        "2(n-1)/n x bytes / busbw + 2(n-1) x latency per fused message; compute and overlap from the run's trace "
+        "(the slowest rank's mean over its profiled steps). Interconnects are stated inputs: "
+        + "; ".join(f"{k}: {v.name}, busbw {v.busbw_gb_s:g} GB/s, latency {v.latency_us:g} us"
+                    for k, v in sm.INTERCONNECTS.items())
+        + ". Not modelled: input pipelines, stragglers, ranks sharing one host's memory bandwidth."))
+    frames, compared = [], []
+    for record, per_step in breakdowns:
+        name = per_step["run"].iloc[0] if "run" in per_step and len(per_step) else record.get("name")
+        try:
+            inputs = sm.inputs_from_run(record, per_step)
+        except UserError as exc:
+            s.notes.append(f"{name}: {exc}")
+            continue
+        for link in sm.INTERCONNECTS.values():
+            frames.append(sm.predict(inputs, link).assign(run=name))
+        measured = (record.get("timing") or {}).get("throughput_samples_s")
+        if measured:
+            alone = (record.get("world_size") or 1) * inputs.per_rank_batch / inputs.compute_s
+            s.notes.append(f"{name}: compute {inputs.compute_s * 1e3:.0f} ms per step, {inputs.grad_bytes / 1e6:.2f} MB "
+                           f"of gradients in {inputs.messages} message(s), overlap {inputs.overlap:.0%}; its measured "
+                           f"throughput {measured:.3g} samples/s at np={record.get('world_size')} is "
+                           f"{measured / alone:.2f}x what its compute alone would give")
+    if not frames:
+        s.skipped = "no profiled run to take compute and overlap from (train --profile-steps A:B on np >= 1)"
+        return s
+    table = tables.concat(frames)
+    table = table[["run", "interconnect", "np", "allreduce_ms", "exposed_ms", "step_ms", "throughput", "efficiency"]]
+    _write(table, out, "scaling_model", s, "predicted per rank count (weak scaling; throughput in samples/s)",
+           table[table["np"].isin([1, 2, 8, 64, 512])])
+    s.files.append(plots.scaling_model_png(table, out / "scaling_model.png"))
+    return s
+
+
 def _tensorboard_check(traces: Any, folder: Path, captures: dict[int, Path]) -> str | None:
     """A note when `tensorboard --logdir` on the run's profile folder would not list every rank's capture."""
     try:
@@ -222,6 +265,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
     if not records:
         raise UserError(f"'{results}' holds no readable run records (no */{RECORD} below it)")
     out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
+    breakdowns: list[tuple[dict, pd.DataFrame]] = []
     sections = [
         scaling_section(records, out),
         phases_section(records, out),
@@ -229,7 +273,8 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
         freeze_section(records, out),
         transfer_section(records, out),
         mmd_section(results, out),
-        profile_section(records, out, top),
+        profile_section(records, out, top, breakdowns),
+        model_section(breakdowns, out),
     ]
     (out / "report.md").write_text(render(sections, results, len(records), out))
     return sections, out / "report.md"

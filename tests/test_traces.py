@@ -261,3 +261,9 @@ def test_analyze_reports_the_profile(profiled_run, cli):
     assert list(ops.groupby("rank").size()) == [5, 5]
     assert (results / "analysis" / "profile_breakdown.png").read_bytes()[:4] == b"\x89PNG"
     assert "Profiler: step-time breakdown per rank" in stdout and "timeline_ranks" in (results / "analysis" / "report.md").read_text()
+    model = pd.read_csv(results / "analysis" / "scaling_model.csv")
+    assert sorted(model["np"].unique()) == [2**k for k in range(10)]
+    assert model.groupby("interconnect").size().tolist() == [10, 10]
+    assert (model["efficiency"] <= 1).all() and model.loc[model["np"] == 1, "efficiency"].eq(1).all()
+    assert "Scaling model: predicted weak scaling" in stdout
+    assert (results / "analysis" / "scaling_model.png").read_bytes()[:4] == b"\x89PNG"
