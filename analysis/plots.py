@@ -156,3 +156,26 @@ def scaling_model_png(table: pd.DataFrame, path: str | Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def comm_png(table: pd.DataFrame, records: list[dict], path: str | Path) -> Path:
+    """Bus bandwidth against message size (log-log), one line per backend and rank count, one panel per op;
+    the model's gradient size and Horovod's fusion buffer marked."""
+    plt = _plt()
+    ops = [op for op in ("allreduce", "broadcast", "allgather") if op in set(table["op"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(5.2 * len(ops), 4.2), dpi=110, squeeze=False)
+    grads = {(r.get("comm") or {}).get("gradient_bytes") for r in records} - {None}
+    fusion = {(r.get("comm") or {}).get("fusion_bytes") for r in records} - {None, 0}
+    for ax, op in zip(axes[0], ops):
+        for (backend, n), g in table[table["op"] == op].groupby(["backend", "np"], sort=False):
+            ax.plot(g["bytes"], g["busbw_gb_s"], marker="o", ms=3, label=f"{backend}, np={n}")
+        for b in grads:
+            ax.axvline(b, color="black", ls="--", lw=0.8, label="model gradients")
+        for b in fusion:
+            ax.axvline(b, color="grey", ls=":", lw=0.8, label="Horovod fusion buffer")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="message size (bytes)", ylabel="bus bandwidth (GB/s)", title=op)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return _save(fig, path)

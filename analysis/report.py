@@ -242,6 +242,24 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Sec
     return s
 
 
+def comm_section(records: list[dict], out: Path) -> Section:
+    """Collective latency and bandwidth per backend and rank count (bratsbench comm records)."""
+    s = Section("comm", "Communication baselines (bratsbench comm)", about=(
+        "Per backend, collective and size: mean time per call on the slowest rank; algbw = bytes / time, busbw = "
+        "algbw x 2(n-1)/n (allreduce), x (n-1)/n (allgather), x 1 (broadcast), as nccl-tests reports them."))
+    table = tables.comm_table(records)
+    if table.empty:
+        s.skipped = "no comm records (bratsbench comm -np 2 --backend mpi|horovod|mwms --out RESULTS/comm/NAME)"
+        return s
+    _write(table, out, "comm", s, "all sizes", table)
+    marks = tables.comm_marks(records)
+    if not marks.empty:
+        _write(marks, out, "comm_gradient", s, "allreduce at the model's gradient size (nearest measured size), "
+               "and each backend's busbw there relative to raw MPI at the same rank count")
+    s.files.append(plots.comm_png(table, records, out / "comm.png"))
+    return s
+
+
 def _tensorboard_check(traces: Any, folder: Path, captures: dict[int, Path]) -> str | None:
     """A note when `tensorboard --logdir` on the run's profile folder would not list every rank's capture."""
     try:
@@ -265,6 +283,8 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
     if not records:
         raise UserError(f"'{results}' holds no readable run records (no */{RECORD} below it)")
     out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
+    comm = [r for r in records if r.get("kind") == "comm"]
+    records = [r for r in records if r.get("kind") != "comm"]
     breakdowns: list[tuple[dict, pd.DataFrame]] = []
     sections = [
         scaling_section(records, out),
@@ -275,6 +295,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
         mmd_section(results, out),
         profile_section(records, out, top, breakdowns),
         model_section(breakdowns, out),
+        comm_section(comm, out),
     ]
     (out / "report.md").write_text(render(sections, results, len(records), out))
     return sections, out / "report.md"

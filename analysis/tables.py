@@ -279,3 +279,44 @@ def breakdown_view(summary: pd.DataFrame) -> pd.DataFrame:
 def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if f is not None and not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _comm_label(record: dict) -> str:
+    c = record.get("comm") or {}
+    label = (record.get("engine") or {}).get("name") or "?"
+    if c.get("fusion_bytes") == 0:
+        label += " (no fusion)"
+    if (c.get("tensors") or 1) > 1:
+        label += f", {c['tensors']} tensors"
+    return label
+
+
+def comm_table(records: list[dict]) -> pd.DataFrame:
+    """One row per comm record, collective and size."""
+    rows = []
+    for r in records:
+        for row in (r.get("comm") or {}).get("rows", []):
+            rows.append({"backend": _comm_label(r), "np": r.get("world_size"), "op": row["op"], "bytes": row["bytes"],
+                         "time_us": row["time_us"], "algbw_gb_s": row["algbw_gb_s"], "busbw_gb_s": row["busbw_gb_s"]})
+    return pd.DataFrame(rows)
+
+
+def comm_marks(records: list[dict]) -> pd.DataFrame:
+    """Allreduce at each record's gradient size, with busbw relative to raw MPI at the same np and size."""
+    from harness.comm.baseline import nearest
+
+    rows = []
+    for r in records:
+        c = r.get("comm") or {}
+        row = nearest(c.get("rows", []), "allreduce", c.get("gradient_bytes") or 0)
+        if row:
+            rows.append({"backend": _comm_label(r), "np": r.get("world_size"), "gradient_bytes": c.get("gradient_bytes"),
+                         "bytes": row["bytes"], "time_us": row["time_us"], "busbw_gb_s": row["busbw_gb_s"]})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    mpi = {(n, b): bw for n, b, bw, name in zip(table["np"], table["bytes"], table["busbw_gb_s"], table["backend"])
+           if name == "mpi"}
+    table["vs_mpi"] = [bw / mpi[(n, b)] if (n, b) in mpi else None
+                       for n, b, bw in zip(table["np"], table["bytes"], table["busbw_gb_s"])]
+    return table

@@ -223,16 +223,16 @@ class Outcome:
     reason: str | None = None  # None, or why the runner killed it
 
 
-def is_rank_process(proc: psutil.Process) -> bool:
-    """A training rank: `bratsbench train ...` or `python -m harness train ...` (not a launcher or shell)."""
+def is_rank_process(proc: psutil.Process, command: str = "train") -> bool:
+    """A rank: `bratsbench COMMAND ...` or `python -m harness COMMAND ...` (not a launcher or shell)."""
     try:
         argv = proc.cmdline()
     except (psutil.Error, OSError):
         return False
     for i in range(min(2, len(argv))):
-        if Path(argv[i]).name == "bratsbench" and argv[i + 1 : i + 2] == ["train"]:
+        if Path(argv[i]).name == "bratsbench" and argv[i + 1 : i + 2] == [command]:
             return True
-        if argv[i : i + 3] == ["-m", "harness", "train"]:
+        if argv[i : i + 3] == ["-m", "harness", command]:
             return True
     return False
 

@@ -13,6 +13,7 @@ COMMANDS = (
     "split",
     "transfer",
     "shift",
+    "comm",
     "sweep",
     "analyze",
     "demo",

@@ -118,6 +118,12 @@ class Engine(abc.ABC):
         """Whether every rank must take part in writing a checkpoint (MWMS); else rank 0 writes alone."""
         return False
 
+    def collective(self, op: str, nbytes: int, tensors: int = 1) -> Callable[[], None] | None:
+        """For `bratsbench comm`: a prepared call of this engine's own collective `op` (allreduce, broadcast,
+        allgather) on `nbytes` of float32 in `tensors` tensors, returning once it is done; None where the engine
+        has no such collective."""
+        return None
+
     def shutdown(self) -> None:
         pass
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -58,6 +58,30 @@ class HorovodEngine(Engine):
         if self.world.size > 1:
             tensor = self.hvd.allreduce(tensor, op=self.hvd.Average, name="mean_over_ranks")
         return [float(v) for v in tensor.numpy()]
+
+    def collective(self, op: str, nbytes: int, tensors: int = 1) -> Callable[[], None] | None:
+        hvd = self.hvd
+        n = nbytes // 4 // tensors // (self.world.size if op == "allgather" else 1)
+        xs = [tf.ones([n], tf.float32) for _ in range(tensors)]
+        # one op per tensor, all in one traced call, as the gradients of a step: Horovod fuses what one cycle
+        # sees into its fusion buffer (HOROVOD_FUSION_THRESHOLD=0 turns that off)
+        if op == "allreduce":
+            def body() -> list[tf.Tensor]:
+                return [hvd.allreduce(x, op=hvd.Sum, name=f"comm_allreduce_{nbytes}_{i}") for i, x in enumerate(xs)]
+        elif op == "broadcast":
+            def body() -> list[tf.Tensor]:
+                return [hvd.broadcast(x, root_rank=0, name=f"comm_broadcast_{nbytes}_{i}") for i, x in enumerate(xs)]
+        elif op == "allgather":
+            def body() -> list[tf.Tensor]:
+                return [hvd.allgather(x, name=f"comm_allgather_{nbytes}_{i}") for i, x in enumerate(xs)]
+        else:
+            return None
+        fn = tf.function(lambda: tf.stack([out[0] for out in body()]))  # one element each: the wait, no copy
+
+        def call() -> None:
+            fn().numpy()
+
+        return call
 
     def start_timeline(self, path: str) -> None:
         self.hvd.start_timeline(path, mark_cycles=False)

@@ -247,6 +247,28 @@ class MWMSEngine(Engine):
             tensor = self._collective("mean", tensor)
         return [float(v) for v in tensor.numpy()]
 
+    def collective(self, op: str, nbytes: int, tensors: int = 1) -> Callable[[], None] | None:
+        if op not in ("allreduce", "allgather"):
+            return None  # MWMS offers no broadcast collective (its variables start equal by seeding or a sum)
+        n = nbytes // 4 // tensors // (self.world.size if op == "allgather" else 1)
+        xs = [tf.ones([n], tf.float32) for _ in range(tensors)]
+        strategy = self.strategy
+
+        def replica() -> tf.Tensor:
+            ctx = tf.distribute.get_replica_context()
+            if op == "allreduce":  # the step's call: every tensor in one all_reduce, packed into one collective
+                outs = ctx.all_reduce(tf.distribute.ReduceOp.SUM, xs)
+            else:
+                outs = [ctx.all_gather(x, axis=0) for x in xs]
+            return tf.stack([out[0] for out in outs])
+
+        fn = tf.function(lambda: strategy.experimental_local_results(strategy.run(replica))[0])
+
+        def call() -> None:
+            fn().numpy()
+
+        return call
+
     def saves_on_every_rank(self) -> bool:
         # reading a variable for a checkpoint may be a collective (sync-on-read variables): all workers save,
         # the chief into the run folder and the others into a scratch folder that is removed
