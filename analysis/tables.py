@@ -301,10 +301,16 @@ def comm_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def nearest(rows: list[dict], op: str, nbytes: int) -> dict | None:
+    """The measured row of `op` whose size is nearest `nbytes` on a log scale (the gradient-size mark)."""
+    import math
+
+    cands = [r for r in rows if r["op"] == op]
+    return min(cands, key=lambda r: abs(math.log2(r["bytes"]) - math.log2(max(1, nbytes)))) if cands else None
+
+
 def comm_marks(records: list[dict]) -> pd.DataFrame:
     """Allreduce at each record's gradient size, with busbw relative to raw MPI at the same np and size."""
-    from harness.comm.baseline import nearest
-
     rows = []
     for r in records:
         c = r.get("comm") or {}

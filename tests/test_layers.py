@@ -6,7 +6,7 @@
     engines:  engines/ (horovod, mwms: nothing else names an engine)
     train:    train/
     launch:   launch
-    studies:  transfer/, shift/
+    studies:  transfer/, shift/, comm/
     sweep:    sweep/
     commands: commands/, cli, __main__
 analysis/ reads only records: it may import the base layer of harness, nothing above it; nothing in harness
@@ -28,7 +28,7 @@ LAYERS = [
     ("engines", {"engines"}),
     ("train", {"train"}),
     ("launch", {"launch"}),
-    ("studies", {"transfer", "shift"}),
+    ("studies", {"transfer", "shift", "comm"}),
     ("sweep", {"sweep"}),
     ("commands", {"commands", "cli", "__main__"}),
 ]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from dataclasses import asdict, dataclass, field
@@ -187,9 +186,3 @@ def _hostnames(backend: Any, engine: Any) -> list[str]:
     if engine is not None:
         return engine.hostnames()
     return list(backend.comm.allgather(socket.gethostname()))
-
-
-def nearest(rows: list[dict[str, Any]], op: str, nbytes: int) -> dict[str, Any] | None:
-    """The measured row of `op` whose size is nearest `nbytes` on a log scale (the gradient-size mark)."""
-    cands = [r for r in rows if r["op"] == op]
-    return min(cands, key=lambda r: abs(math.log2(r["bytes"]) - math.log2(max(1, nbytes)))) if cands else None

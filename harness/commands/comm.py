@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from analysis.tables import nearest
     from harness.comm import baseline, measure
 
     opts = baseline.CommOptions(
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return baseline.rank_main(opts)
     record = baseline.launch(opts)
     g = record["comm"]["gradient_bytes"]
-    mark = baseline.nearest(record["comm"]["rows"], "allreduce", g)
+    mark = nearest(record["comm"]["rows"], "allreduce", g)
     if mark:
         print(f"allreduce at the model's gradient size (~{g / 1e6:.2f} MB, nearest {mark['bytes']} B): "
               f"{mark['time_us']:.0f} us, busbw {mark['busbw_gb_s']:.3f} GB/s")
