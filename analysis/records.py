@@ -15,7 +15,8 @@ from harness.record import read_record
 from harness.rundir import RECORD
 
 PATH_KEY = "_path"
-PHASES = ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "other_s", "train_share")  # added to each loaded record: the record file it came from
+PHASES = ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "input_setup_s", "bookkeeping_s",
+          "other_s", "train_share")  # added to each loaded record: the record file it came from
 
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
 # compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.

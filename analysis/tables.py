@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.records import SETTINGS, frame, settings_label, varying
+from analysis.records import PHASES, SETTINGS, frame, settings_label, varying
 from harness.config import HEAD_ONLY
 
 COST_KEYS = (*SETTINGS, "freeze_depth")  # what must agree for two runs' step times to be comparable
@@ -233,11 +233,10 @@ def phases_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     step, training steps, validation, checkpoints, the rest; and the share spent in training steps."""
     df = frame(records)
     if df.empty or df["phase_wall_s"].isna().all():
-        return pd.DataFrame(columns=["run", "np", "wall_s", "to_first_step_s", "steps_s", "validation_s",
-                                     "checkpoint_s", "other_s", "train_share"])
+        return pd.DataFrame(columns=["run", "np", *PHASES])
     df = df[df["phase_wall_s"].notna()]
     view = df[["run", "np"]].copy()
-    for key in ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "other_s", "train_share"):
+    for key in PHASES:
         view[key] = df[f"phase_{key}"].astype(float)
     return view.sort_values("run", kind="stable").reset_index(drop=True)
 

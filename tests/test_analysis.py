@@ -297,7 +297,7 @@ def test_analyze_missing_inputs_skip_with_one_line(tmp_path, cli):
     skipped = [line for line in out.splitlines() if line.startswith("skipped ")]
     assert {line.split(":")[0] for line in skipped} == {
         "skipped scaling", "skipped phases", "skipped batch", "skipped freeze", "skipped transfer", "skipped mmd",
-        "skipped profile"}
+        "skipped profile", "skipped model", "skipped comm"}
     assert (tmp_path / "o" / "report.md").is_file()
 
 

@@ -62,6 +62,8 @@ class Phases:
     steps: int = 0
     validation_s: float = 0.0
     checkpoint_s: float = 0.0
+    input_setup_s: float = 0.0  # building each epoch's input pipeline, outside the timed steps
+    bookkeeping_s: float = 0.0  # per epoch: loss mean, record, log line; at the end: checksums over ranks
 
     def step(self, seconds: float) -> None:
         if self.first_step_end is None:
@@ -76,7 +78,9 @@ class Phases:
         return {
             "wall_s": wall, "to_first_step_s": to_first, "steps_s": self.steps_s, "steps": self.steps,
             "validation_s": self.validation_s, "checkpoint_s": self.checkpoint_s,
-            "other_s": wall - (to_first or 0.0) - self.steps_s - self.validation_s - self.checkpoint_s,
+            "input_setup_s": self.input_setup_s, "bookkeeping_s": self.bookkeeping_s,
+            "other_s": wall - (to_first or 0.0) - self.steps_s - self.validation_s - self.checkpoint_s
+            - self.input_setup_s - self.bookkeeping_s,
             "train_share": self.steps_s / wall if wall > 0 else None,
         }
 

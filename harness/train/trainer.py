@@ -70,7 +70,9 @@ def train(cfg: RunConfig) -> dict[str, Any]:
         session = build(cfg, engine, record)
         writer.signature(session.ckpt_dir, cfg.model)
         epoch_loop(session, cfg, engine, writer, record)
+        t_finish = time.perf_counter()
         finish(session, cfg, engine, writer, record)
+        session.phases.bookkeeping_s += time.perf_counter() - t_finish  # checksums, timing and memory over ranks
         record["status"], record["exit_code"] = "ok", 0
     except KeyboardInterrupt:
         record["status"], record["exit_code"], record["error"] = "interrupted", 130, "interrupted"
@@ -224,6 +226,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         t_epoch = time.perf_counter()
         losses, times, global_step = run_epoch(s, cfg, epoch, global_step, writer, engine)
         s.epoch_var.assign(epoch + 1)
+        t_book = time.perf_counter()
         mean_loss = engine.mean([float(np.mean(losses)) if losses else float("nan")])[0]
         entry: dict[str, Any] = {
             "epoch": epoch + 1, "step": global_step, "loss": mean_loss, "wall_s": time.perf_counter() - t_epoch,
@@ -231,6 +234,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "train_s": float(np.sum(times)),  # in training steps (a time-to-target counts these, not validation)
             "params_trainable": count_params(s.model)["trainable"],
         }
+        s.phases.bookkeeping_s += time.perf_counter() - t_book
         if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs or s.out_of_budget):
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
@@ -244,8 +248,10 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         if s.out_of_budget:
             record["extra"]["stopped"] = {"reason": "budget", "budget_s": tcfg.budget_s, "epoch": epoch + 1,
                                           "step": global_step}
+        t_book = time.perf_counter()
         writer.record(record)
         writer.epoch(entry)
+        s.phases.bookkeeping_s += time.perf_counter() - t_book
         if s.out_of_budget:
             break
     s.profiler.close()
@@ -257,7 +263,9 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
     tcfg = cfg.train
     steps = s.total_steps if tcfg.benchmark else s.steps_per_epoch
     done = 0 if tcfg.benchmark else global_step - epoch * s.steps_per_epoch
+    t_setup = time.perf_counter()
     it = s.ahead.pop(epoch, None) or iterate(_epoch_stream(s.source, epoch, steps, tcfg.benchmark), skip=done)
+    s.phases.input_setup_s += time.perf_counter() - t_setup
     losses: list[float] = []
     times: list[float] = []
     label = ("benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}" if tcfg.budget_s is None
@@ -276,7 +284,9 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
             s.phases.step(t2 - t0)
             if epoch + 1 < s.epochs and epoch + 1 not in s.ahead:
                 # start the next epoch's pipeline now, so its first batches are ready when this epoch ends
+                t_setup = time.perf_counter()
                 s.ahead[epoch + 1] = iterate(_epoch_stream(s.source, epoch + 1, s.steps_per_epoch, tcfg.benchmark))
+                s.phases.input_setup_s += time.perf_counter() - t_setup
             losses.append(loss)
             times.append(t2 - t0)
             global_step += 1
