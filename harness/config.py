@@ -159,6 +159,9 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint folder (or prefix) the weights start from
     first_conv: str | None = None  # with init_from across modality sets; None: copy if channels agree, else average
     validate_every: int = 1
+    # validate once this many more seconds went into training steps (and after the last epoch) instead of every
+    # validate_every epochs: learning curves of variants whose steps cost differently get points at like times
+    validate_every_s: float | None = None
     profile_steps: tuple[int, int] | None = None
     timeline: bool = False
 
@@ -190,6 +193,8 @@ class TrainConfig:
             raise UserError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
         if self.threads is not None:
             _positive("threads", self.threads)
+        if self.validate_every_s is not None and (isinstance(self.validate_every_s, bool) or not self.validate_every_s > 0):
+            raise UserError(f"validation interval {self.validate_every_s!r} s must be a positive number of seconds")
         if self.benchmark:
             _positive("bench_steps", self.bench_steps)
             if self.bench_warmup < 0:
@@ -200,7 +205,7 @@ class TrainConfig:
                 raise UserError(f"profile steps {start}:{stop} must be A:B with 0 <= A <= B")
 
 
-ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None))  # (section, field, default): see identity()
+ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None), ("train", "validate_every_s", None))  # (section, field, default): see identity()
 
 
 @dataclass

@@ -19,6 +19,8 @@ BASE = ["train", "--synthetic", "--crop", "32", "32", "32", "--depth", "3"]
         (["--batch-size", "0"], "batch size 0 must be positive"),
         (["--batch-size", "-2"], "batch size -2 must be positive"),
         (["--freeze-depth", "9"], "freeze depth 9 is beyond the model"),
+        (["--validate-every-s", "0"], "validation interval 0.0 s must be a positive number of seconds"),
+        (["--budget-s", "-1"], "training budget -1.0 s must be a positive number of seconds"),
         (["--resume"], "--resume: no checkpoint folder"),
         (["--init-from", "/nonexistent/ckpt"], "checkpoint '/nonexistent/ckpt' not found"),
     ],

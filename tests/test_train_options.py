@@ -69,3 +69,18 @@ def test_budget_in_training_seconds_stops_the_run_and_validates_the_last_epoch(t
     steps = history[-1]["step"]
     assert spent >= 2.0 and spent - 2.0 < 2 * spent / steps + 0.5  # stopped within about a step of the budget
     assert "val" in history[-1] and stopped["step"] == steps
+
+
+def test_validation_every_s_seconds_of_training(tmp_path):
+    out = tmp_path / "every-s"
+    run(bratsbench_cmd("train", *SMALL[:-2], "--epochs", "500", "--steps-per-epoch", "2", "--budget-s", "8",
+                       "--validate-every-s", "1.5", "--out", str(out)))
+    history = json.loads((out / "record.json").read_text())["history"]
+    assert "val" in history[-1]  # the last epoch always validates
+    since = 0.0
+    for h in history[:-1]:  # an epoch validates exactly when 1.5 s of steps have gone in since the last validation
+        since += h["train_s"]
+        assert ("val" in h) == (since >= 1.5), (since, h)
+        if "val" in h:
+            since = 0.0
+    assert 1 <= sum("val" in h for h in history) < len(history)

@@ -22,7 +22,8 @@ MODEL = {"base_filters": 8, "depth": 3}
 STAGES = 8
 REPEATS = 3  # of every sweep point, interleaved
 BUDGET_S = 50.0  # seconds of training per study run (pre-training included)
-STEPS_PER_EPOCH = 12  # an epoch ends with a validation: the learning curve's points
+STEPS_PER_EPOCH = 12
+VALIDATE_EVERY_S = 12.0  # a validation per 12 s of training steps: ~4 points per curve whatever a step costs
 VAL_CASES = 2
 
 
@@ -130,7 +131,7 @@ def _transfer(store: Path, split: Path, results: Path, seeds: int, budget_s: flo
     study_dir = results / "transfer"
     # epochs is a ceiling the budget ends first; one core per run, as the runs go side by side
     base = _run_config(store, split, study_dir, batch_size=2, epochs=1000, steps_per_epoch=STEPS_PER_EPOCH,
-                       budget_s=budget_s, threads=1)
+                       budget_s=budget_s, validate_every_s=VALIDATE_EVERY_S, threads=1)
     base.data.val_cases = VAL_CASES
     study = run_study(base, StudyOptions(seeds=seeds, depths=[0, whole], pretrain_budget_s=budget_s,
                                          parallel=parallel, timeout_s=1800), study_dir)

@@ -50,6 +50,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "resume": ("train", "resume"),
     "init_from": ("train", "init_from"),
     "validate_every": ("train", "validate_every"),
+    "validate_every_s": ("train", "validate_every_s"),
     "profile_steps": ("train", "profile_steps"),
     "timeline": ("train", "timeline"),
 }
@@ -124,6 +125,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps (0 = per epoch only)")
     g.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out")
     g.add_argument("--validate-every", type=int, default=None, help="validate every N epochs (default 1)")
+    g.add_argument("--validate-every-s", type=float, default=None, metavar="S",
+                   help="validate after each epoch that brings S more seconds of training steps (instead of every N epochs)")
     g.add_argument("--profile-steps", type=_profile_steps, default=None, metavar="A:B",
                    help="TensorFlow profiler trace of steps A..B on every rank, one TensorBoard run per rank under OUT")
     # not --timeline: horovodrun would reject it as an ambiguous abbreviation of its own --timeline-* options

@@ -132,6 +132,7 @@ class Session:
     profiler: StepProfiler
     ahead: dict[int, Iterator] = field(default_factory=dict)  # epoch -> its pipeline, already started
     phases: Phases = field(default_factory=Phases)
+    since_val_s: float = 0.0  # seconds in training steps since the last validation (validate_every_s)
     spent_s: float = 0.0  # seconds in training steps so far, earlier (resumed) epochs included: the budget's clock
     out_of_budget: bool = False
 
@@ -235,7 +236,12 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "params_trainable": count_params(s.model)["trainable"],
         }
         s.phases.bookkeeping_s += time.perf_counter() - t_book
-        if s.val_items and ((epoch + 1) % tcfg.validate_every == 0 or epoch + 1 == s.epochs or s.out_of_budget):
+        s.since_val_s += entry["train_s"]
+        # decided on the mean over ranks, so every rank validates (a collective) at the same epoch
+        due = ((epoch + 1) % tcfg.validate_every == 0 if tcfg.validate_every_s is None
+               else engine.mean([s.since_val_s])[0] >= tcfg.validate_every_s)
+        if s.val_items and (due or epoch + 1 == s.epochs or s.out_of_budget):
+            s.since_val_s = 0.0
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
             entry["val_s"] = time.perf_counter() - t_val
