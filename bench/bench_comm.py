@@ -32,13 +32,19 @@ def main() -> None:
     a = p.parse_args()
     grad = default_gradient_bytes()
     size = 2 ** round(math.log2(grad))
-    backends = ["mpi"] + [b for b in ("horovod", "mwms") if unavailable(b) is None]
+    # (label, backend, launcher): Horovod both over Gloo (horovodrun) and over MPI (mpirun, Open MPI's shared memory)
+    backends = [("mpi", "mpi", "mpirun")]
+    if unavailable("horovod") is None:
+        backends += [("horovod/gloo", "horovod", "horovodrun"), ("horovod/mpi", "horovod", "mpirun")]
+    if unavailable("mwms") is None:
+        backends += [("mwms", "mwms", "mwms")]
     out = tmpdir("bench-comm-")
-    bw: dict[str, list[float]] = {b: [] for b in backends}
+    bw: dict[str, list[float]] = {label: [] for label, _, _ in backends}
     for r in range(a.rounds):
-        for b in backends:
-            folder = out / f"{b}-r{r}"
-            cmd = [sys.executable, "-m", "harness", "comm", "--backend", b, "-np", "2", "--ops", "allreduce",
+        for b, backend, launcher in backends:
+            folder = out / f"{b.replace('/', '-')}-r{r}"
+            cmd = [sys.executable, "-m", "harness", "comm", "--backend", backend, "--launcher", launcher, "-np", "2",
+                   "--ops", "allreduce",
                    "--min-bytes", str(size), "--max-bytes", str(size), "--iters", str(a.iters), "--warmup", "10",
                    "--tensors", str(a.tensors), "--gradient-bytes", str(grad), "--out", str(folder)]
             result = subprocess.run(cmd, env=env(), capture_output=True, text=True)
@@ -46,12 +52,12 @@ def main() -> None:
                 sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
             row = json.loads((folder / "record.json").read_text())["comm"]["rows"][0]
             bw[b].append(row["busbw_gb_s"])
-            print(f"round {r + 1}: {b:8s} allreduce {size} B: {row['time_us']:.0f} us, busbw {row['busbw_gb_s']:.3f} GB/s",
+            print(f"round {r + 1}: {b:12s} allreduce {size} B: {row['time_us']:.0f} us, busbw {row['busbw_gb_s']:.3f} GB/s",
                   flush=True)
     print(f"\nallreduce of {size} B (the model's gradients: {grad} B), 2 ranks, {a.tensors} tensor(s), {a.rounds} rounds")
     for b, values in bw.items():
-        print(f"{b:8s} busbw median {statistics.median(values):.3f} GB/s (min {min(values):.3f}, max {max(values):.3f})")
-    for b in backends[1:]:
+        print(f"{b:12s} busbw median {statistics.median(values):.3f} GB/s (min {min(values):.3f}, max {max(values):.3f})")
+    for b in [label for label, _, _ in backends[1:]]:
         ratios = [x / m for x, m in zip(bw[b], bw["mpi"])]
         print(f"{b} / mpi busbw: {statistics.median(ratios):.2f} (rounds {', '.join(f'{x:.2f}' for x in ratios)}; goal >= 0.8)")
 
