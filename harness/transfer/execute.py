@@ -62,8 +62,7 @@ def execute(runs: list[StudyRun], *, np_: int = 1, timeout_s: float | None = Non
     stop = threading.Event()
     futures: dict[str, Future] = {}
     order = schedule(runs)
-    report(f"{len(runs)} runs, {parallel} side by side on cores "
-           + " | ".join(",".join(map(str, c)) for c in list(slots.queue)))
+    report(f"{len(runs)} runs, {parallel} side by side on cores " + " | ".join(_cores(c) for c in list(slots.queue)))
 
     def task(i: int, run: StudyRun) -> dict[str, Any]:
         # a dependency was submitted earlier (schedule), so it is running or done and this wait ends
