@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.data.pipeline import epoch_order, epoch_shard, eval_cases, steps_per_epoch, train_dataset
+from harness.data.pipeline import PASS_STRIDE, epoch_order, epoch_shard, eval_cases, pass_epochs, steps_per_epoch, train_dataset
 from harness.data.store import open_store, prepare_store
 from harness.errors import UserError
 from tests.test_loader import training_set, write_case
@@ -74,6 +74,33 @@ def test_same_batches_for_same_seed_epoch_rank_size_whatever_parallelism(store):
             assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
     other_epoch = batches(train_dataset(store, ids, MODS, CROP, 1, **{**kw, "epoch": 3}))
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other_epoch))
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+
+
+@pytest.mark.parametrize("rank,size", [(0, 1), (1, 2)])
+def test_one_stream_of_epochs_is_the_epochs_one_after_another(store, rank, size):
+    """The trainer reads the whole run from one stream: it must hold exactly what the epochs hold one by one."""
+    ids = train_ids(store)
+    kw = dict(rank=rank, size=size, seed=4)
+    stream = batches(train_dataset(store, ids, MODS, CROP, 1, epoch=2, epochs=3, **kw))
+    one_by_one = [b for e in (2, 3, 4) for b in batches(train_dataset(store, ids, MODS, CROP, 1, epoch=e, **kw))]
+    assert len(stream) == 3 * steps_per_epoch(len(ids), 1, size)
+    assert same(stream, one_by_one)
+
+
+def test_an_epoch_longer_than_a_pass_chains_passes_with_their_own_seeds(store):
+    ids = train_ids(store)
+    per_pass = steps_per_epoch(len(ids), 2, 1)  # 3
+    assert pass_epochs(5, 7, per_pass) == [5, 5 + PASS_STRIDE, 5 + 2 * PASS_STRIDE]
+    long = batches(train_dataset(store, ids, MODS, CROP, 2, seed=1, epoch=5, steps=7))
+    passes = [b for e in pass_epochs(5, 7, per_pass) for b in batches(train_dataset(store, ids, MODS, CROP, 2, seed=1, epoch=e))]
+    assert len(long) == 7 and same(long, passes[:7])
+    assert not same(long[:3], long[3:6])  # a fresh shuffle and fresh crops per pass
+    with pytest.raises(UserError, match="epochs 0"):
+        train_dataset(store, ids, MODS, CROP, 2, epochs=0)
 
 
 def test_tumour_share_one_puts_tumour_in_every_crop(store):

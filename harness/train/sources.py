@@ -1,5 +1,6 @@
 """Where a run's batches come from. Both sources give the trainer the same interface:
-`steps_per_epoch`, `epoch_dataset(epoch)` (this rank's deterministic batches) and `val_items()`.
+`steps_per_epoch` (one pass over this rank's data), `batches(epoch, epochs, steps)` (this rank's deterministic
+batches of those epochs, as one stream) and `val_items()`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class ValItem:
 class Source(Protocol):
     steps_per_epoch: int
 
-    def epoch_dataset(self, epoch: int) -> tf.data.Dataset: ...
+    def batches(self, epoch: int, epochs: int = 1, steps: int | None = None) -> tf.data.Dataset: ...
 
     def val_items(self, subset: str = "val") -> list[ValItem]: ...
 
@@ -56,11 +57,22 @@ class SyntheticSource:
                 "raise --synthetic-samples or lower --batch-size"
             )
 
-    def epoch_dataset(self, epoch: int) -> tf.data.Dataset:
-        seed = _epoch_seed(self.cfg.train.seed, epoch, self.world.rank)
-        order = np.random.default_rng(seed).permutation(len(self.x))
-        ds = tf.data.Dataset.from_tensor_slices((self.x[order], self.y[order]))
-        return ds.batch(self.cfg.train.batch_size, drop_remainder=True).prefetch(2)
+    def batches(self, epoch: int, epochs: int = 1, steps: int | None = None) -> tf.data.Dataset:
+        from harness.data.pipeline import pass_epochs
+
+        batch, per_pass = self.cfg.train.batch_size, self.steps_per_epoch
+        steps = steps or per_pass
+
+        def order(e) -> np.ndarray:
+            rows = [np.random.default_rng(_epoch_seed(self.cfg.train.seed, p, self.world.rank)).permutation(len(self.x))
+                    [: per_pass * batch] for p in pass_epochs(int(e), steps, per_pass)]
+            return np.concatenate(rows)[: steps * batch].astype(np.int64)
+
+        x, y = tf.constant(self.x), tf.constant(self.y)
+        ds = tf.data.Dataset.range(epoch, epoch + epochs).flat_map(
+            lambda e: tf.data.Dataset.from_tensor_slices(tf.reshape(tf.numpy_function(order, [e], tf.int64, stateful=False), [-1])))
+        ds = ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+        return ds.batch(batch, drop_remainder=True).prefetch(2)
 
     def val_items(self, subset: str = "val") -> list[ValItem]:
         n = self.cfg.data.val_cases if self.cfg.data.val_cases is not None else 2
@@ -97,7 +109,7 @@ class StoreSource:
                 f"on {world.size} rank(s)"
             )
 
-    def epoch_dataset(self, epoch: int) -> tf.data.Dataset:
+    def batches(self, epoch: int, epochs: int = 1, steps: int | None = None) -> tf.data.Dataset:
         d = self.cfg.data
         return self._pipeline.train_dataset(
             self.store,
@@ -109,6 +121,8 @@ class StoreSource:
             size=self.world.size,
             seed=self.cfg.train.seed,
             epoch=epoch,
+            epochs=epochs,
+            steps=steps,
             tumour_share=d.tumour_share,
             augment=d.augment,
             deterministic=d.deterministic,

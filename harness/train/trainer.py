@@ -130,7 +130,7 @@ class Session:
     val_items: list | None
     timer: StepTimer
     profiler: StepProfiler
-    ahead: dict[int, Iterator] = field(default_factory=dict)  # epoch -> its pipeline, already started
+    stream: Iterator | None = None  # the run's batches, every epoch from the restored one on, one pipeline
     phases: Phases = field(default_factory=Phases)
     since_val_s: float = 0.0  # seconds in training steps since the last validation (validate_every_s)
     spent_s: float = 0.0  # seconds in training steps so far, earlier (resumed) epochs included: the budget's clock
@@ -218,6 +218,9 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
     start_epoch = int(s.epoch_var.numpy())
     record["history"] = [h for h in record["history"] if h.get("epoch", 0) <= start_epoch]
     s.spent_s = sum(h.get("train_s") or 0.0 for h in record["history"])
+    t_setup = time.perf_counter()
+    s.stream = _run_stream(s, tcfg.benchmark, start_epoch, done=0 if tcfg.benchmark else global_step - start_epoch * s.steps_per_epoch)
+    s.phases.input_setup_s += time.perf_counter() - t_setup
     for epoch in range(start_epoch, s.epochs):
         if tcfg.unfreeze_after is not None and epoch >= tcfg.unfreeze_after and s.frozen_levels:
             unfreeze_all(s.model)
@@ -269,9 +272,7 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
     tcfg = cfg.train
     steps = s.total_steps if tcfg.benchmark else s.steps_per_epoch
     done = 0 if tcfg.benchmark else global_step - epoch * s.steps_per_epoch
-    t_setup = time.perf_counter()
-    it = s.ahead.pop(epoch, None) or iterate(_epoch_stream(s.source, epoch, steps, tcfg.benchmark), skip=done)
-    s.phases.input_setup_s += time.perf_counter() - t_setup
+    it = s.stream
     losses: list[float] = []
     times: list[float] = []
     label = ("benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}" if tcfg.budget_s is None
@@ -288,11 +289,6 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
             s.profiler.after_step(global_step)
             s.timer.add(t2 - t0, t1 - t0)
             s.phases.step(t2 - t0)
-            if epoch + 1 < s.epochs and epoch + 1 not in s.ahead:
-                # start the next epoch's pipeline now, so its first batches are ready when this epoch ends
-                t_setup = time.perf_counter()
-                s.ahead[epoch + 1] = iterate(_epoch_stream(s.source, epoch + 1, s.steps_per_epoch, tcfg.benchmark))
-                s.phases.input_setup_s += time.perf_counter() - t_setup
             losses.append(loss)
             times.append(t2 - t0)
             global_step += 1
@@ -322,18 +318,15 @@ def _checkpoint(s: Session, writer: RunWriter, step: int) -> None:
     s.phases.checkpoint_s += time.perf_counter() - t
 
 
-def _epoch_stream(source: Source, epoch: int, steps: int, benchmark: bool) -> tf.data.Dataset:
-    """This epoch's batches. An epoch longer than one pass over the data chains further passes with their own
-    seeds (fresh shuffles and crops, still deterministic, so `--resume` can skip into them)."""
-    ds = source.epoch_dataset(epoch)
+def _run_stream(s: Session, benchmark: bool, first_epoch: int, done: int) -> Iterator:
+    """One iterator over every batch the run can take (the budget may end it early), skipping the `done` steps a
+    resumed run already took in its first epoch. Benchmark mode repeats epoch 0 for as long as it is timed."""
     if benchmark:
-        ds = ds.repeat()
+        ds = s.source.batches(0).repeat()
     else:
-        passes = -(-steps // source.steps_per_epoch)
-        for extra in range(1, passes):
-            ds = ds.concatenate(source.epoch_dataset(epoch + 1_000_003 * extra))
-    # an outer buffer reaches into the next pass before this one runs dry, so its pipeline start is hidden
-    return ds.prefetch(2)
+        ds = s.source.batches(first_epoch, max(s.epochs - first_epoch, 1), s.steps_per_epoch)
+    # an outer buffer reaches into the next epoch before this one runs dry, so its first crops are ready
+    return iterate(ds.prefetch(2), skip=done)
 
 
 # --- finish ---------------------------------------------------------------------------------------------
