@@ -43,10 +43,7 @@ def main() -> None:
     firsts: list[float] = []
     for r in range(a.rounds):
         for way, (parallel, threads) in zip(walls, [(1, None), (2, 1)]):
-            base = demo._run_config(root / "store", split, root / "study", batch_size=2, epochs=1000,
-                                    steps_per_epoch=demo.STEPS_PER_EPOCH, budget_s=a.budget_s,
-                                    validate_every_s=demo.VALIDATE_EVERY_S, threads=threads)
-            base.data.val_cases = demo.VAL_CASES
+            base = demo.study_config(root / "store", split, root / "study", a.budget_s, threads)
             out = root / f"r{r}-{'side' if parallel > 1 else 'serial'}"
             t = time.perf_counter()
             # a folder of its own per round and way: nothing is reused
