@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -145,6 +145,13 @@ def pass_epochs(epoch: int, steps: int, steps_per_pass: int) -> list[int]:
     return [epoch + PASS_STRIDE * p for p in range(-(-steps // steps_per_pass))]
 
 
+def chain_passes(epoch: int, steps: int, steps_per_pass: int, batch_size: int, one_pass: Callable[[int], np.ndarray]) -> np.ndarray:
+    """The rows of an epoch of `steps` batches: `one_pass(seed_epoch)` (rows along axis 0, at least one pass of
+    samples) for each of `pass_epochs`, each cut to a whole pass, joined and cut to `steps` batches."""
+    rows = [one_pass(e)[: steps_per_pass * batch_size] for e in pass_epochs(epoch, steps, steps_per_pass)]
+    return np.concatenate(rows)[: steps * batch_size]
+
+
 def train_dataset(
     store: Store,
     case_ids: Sequence[str],
@@ -188,12 +195,13 @@ def train_dataset(
     position = {cid: i for i, cid in enumerate(ordered)}
     sampler = CropSampler(store, ordered, mods, crop, seed=seed, tumour_share=tumour_share, augment=augment)
 
+    def one_pass(seed_epoch: int) -> np.ndarray:
+        return np.array([(seed_epoch, position[cid], i) for i, cid in _plan(case_ids, seed, seed_epoch, rank, size)],
+                        dtype=np.int64).reshape(-1, 3)
+
     def plan(e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(seed epoch, case index, sample index) of every sample of epoch `e`, in order."""
-        rows = []
-        for seed_epoch in pass_epochs(int(e), steps, per_pass):
-            rows += [(seed_epoch, position[cid], i) for i, cid in _plan(case_ids, seed, seed_epoch, rank, size)[: per_pass * batch_size]]
-        cols = np.asarray(rows[: steps * batch_size], dtype=np.int64).reshape(-1, 3).T
+        cols = chain_passes(int(e), steps, per_pass, batch_size, one_pass).T
         return cols[0], cols[1], cols[2]
 
     def rows(e):

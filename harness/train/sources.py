@@ -58,15 +58,16 @@ class SyntheticSource:
             )
 
     def batches(self, epoch: int, epochs: int = 1, steps: int | None = None) -> tf.data.Dataset:
-        from harness.data.pipeline import pass_epochs
+        from harness.data.pipeline import chain_passes
 
         batch, per_pass = self.cfg.train.batch_size, self.steps_per_epoch
         steps = steps or per_pass
 
+        def one_pass(seed_epoch: int) -> np.ndarray:
+            return np.random.default_rng(_epoch_seed(self.cfg.train.seed, seed_epoch, self.world.rank)).permutation(len(self.x))
+
         def order(e) -> np.ndarray:
-            rows = [np.random.default_rng(_epoch_seed(self.cfg.train.seed, p, self.world.rank)).permutation(len(self.x))
-                    [: per_pass * batch] for p in pass_epochs(int(e), steps, per_pass)]
-            return np.concatenate(rows)[: steps * batch].astype(np.int64)
+            return chain_passes(int(e), steps, per_pass, batch, one_pass).astype(np.int64)
 
         x, y = tf.constant(self.x), tf.constant(self.y)
         ds = tf.data.Dataset.range(epoch, epoch + epochs).flat_map(

@@ -272,7 +272,6 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
     tcfg = cfg.train
     steps = s.total_steps if tcfg.benchmark else s.steps_per_epoch
     done = 0 if tcfg.benchmark else global_step - epoch * s.steps_per_epoch
-    it = s.stream
     losses: list[float] = []
     times: list[float] = []
     label = ("benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}" if tcfg.budget_s is None
@@ -281,7 +280,7 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
         for _ in range(done, steps):
             s.profiler.before_step(global_step)
             t0 = time.perf_counter()
-            x, y = next(it)
+            x, y = next(s.stream)
             t1 = time.perf_counter()
             with s.profiler.trace(global_step):
                 loss = float(s.step_fn(x, y))
