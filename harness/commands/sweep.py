@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--dry-run", action="store_true", help="print the launch command of each run; run nothing")
     q.add_argument("--only", nargs="+", metavar="ID", default=None,
                    help="run only these run IDs or labels (plus the pre-training runs they need)")
+    q.add_argument("--pack", type=int, default=None, metavar="T",
+                   help="run the points packed into one MPI job of T ranks: each wave's points run side by side on "
+                   "their own sub-communicators (Horovod points; needs mpirun and mpi4py)")
 
     q = sub.add_parser("emit", help="write job-array scripts for SLURM or PBS", description="Write one job-array "
                        "script per (pre-training | runs, np) group, run configs, manifest.tsv, plan.json and submit.sh "
@@ -65,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.sweep_command == "run":
         from harness.sweep.runner import run_sweep
 
+        if args.pack is not None:
+            from harness.sweep.pack import run_packed
+
+            if not args.dry_run:
+                ensure_output_dir(args.out)
+            return run_packed(spec, args.out, args.pack, only=args.only, dry_run=args.dry_run)
         if not args.dry_run:
             ensure_output_dir(args.out)
         return run_sweep(spec, args.out, only=args.only, dry_run=args.dry_run)

@@ -44,8 +44,12 @@ def default_backend() -> str:
     return "horovod" if unavailable("horovod") is None else "mwms"
 
 
-def make_engine(name: str | None) -> "Engine":
-    """The engine for a run's backend (None: one process, no engine)."""
+def make_engine(name: str | None, **placement: Any) -> "Engine":
+    """The engine for a run's backend (None: one process, no engine). `placement` (Horovod only): `comm`, an
+    mpi4py communicator of some of the job's ranks, and `node_rank`/`node_size` among the job's ranks on this
+    node (a packed sweep)."""
+    if placement and name != "horovod":
+        raise UserError(f"backend {name}: only Horovod runs on a given communicator (a packed sweep)")
     if name is None:
         from harness.engines.base import LocalEngine
 
@@ -56,7 +60,7 @@ def make_engine(name: str | None) -> "Engine":
     if name == "horovod":
         from harness.engines.horovod import HorovodEngine
 
-        return HorovodEngine()
+        return HorovodEngine(**placement)
     from harness.engines.mwms import MWMSEngine
 
     return MWMSEngine()

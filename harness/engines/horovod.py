@@ -13,8 +13,16 @@ CPU_CYCLE_TIME_MS = 5
 
 
 class HorovodEngine(Engine):
+    """`comm`: an mpi4py communicator to run on instead of the whole job (a packed sweep's group of ranks);
+    `node_rank`, `node_size`: this process's place among all the job's processes on its node, which pins its
+    GPU and sizes its thread pools when the communicator holds only some of them."""
+
     name = "horovod"
     has_timeline = True
+
+    def __init__(self, comm: Any = None, node_rank: int | None = None, node_size: int | None = None):
+        self.comm = comm
+        self.node_rank, self.node_size = node_rank, node_size
 
     def init(self, threads: int | None = None, timeline: bool = False) -> World:
         if timeline:
@@ -26,11 +34,18 @@ class HorovodEngine(Engine):
             os.environ.setdefault("HOROVOD_CYCLE_TIME", str(CPU_CYCLE_TIME_MS))
         import horovod.tensorflow as hvd
 
-        hvd.init()
+        if self.comm is None:
+            hvd.init()
+        else:
+            if not hvd.mpi_built():
+                raise RuntimeError("Horovod was built without MPI: it cannot run on an mpi4py communicator")
+            hvd.init(comm=self.comm)
         self.hvd = hvd
-        gpus = visible_gpus(hvd.local_rank())
+        node_rank = hvd.local_rank() if self.node_rank is None else self.node_rank
+        node_size = hvd.local_size() if self.node_size is None else self.node_size
+        gpus = visible_gpus(node_rank)
         self.world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), gpus,
-                           set_threads(threads, hvd.local_size()))
+                           set_threads(threads, node_size))
         return self.world
 
     def version(self) -> str | None:
@@ -88,3 +103,10 @@ class HorovodEngine(Engine):
 
     def stop_timeline(self) -> None:
         self.hvd.stop_timeline()
+
+    def shutdown(self) -> None:
+        """Ends Horovod in this process (a packed sweep starts it again on the next communicator). A rank still
+        waiting in a collective with this one gets an error instead of waiting for ever."""
+        hvd = getattr(self, "hvd", None)
+        if hvd is not None and hvd.is_initialized():
+            hvd.shutdown()

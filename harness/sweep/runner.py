@@ -152,12 +152,12 @@ def run_sweep(
         if run is not None:
             _line(bar, out, f"[{i}/{len(runs)}] {run.label} ({run.run_id}): interrupted")
         bar.close()
-        print(_summary(spec, results, counts, interrupted=True), file=out, flush=True)
+        print(summary_line(spec, results, counts, interrupted=True), file=out, flush=True)
         return 130
     finally:
         restore()
         bar.close()
-    print(_summary(spec, results, counts), file=out, flush=True)
+    print(summary_line(spec, results, counts), file=out, flush=True)
     return 0 if counts["failed"] == 0 else 1
 
 
@@ -166,7 +166,7 @@ def _line(bar: Any, out: IO[str], text: str) -> None:
     out.flush()
 
 
-def _summary(spec: SweepSpec, results: Path, counts: dict[str, int], interrupted: bool = False) -> str:
+def summary_line(spec: SweepSpec, results: Path, counts: dict[str, int], interrupted: bool = False) -> str:
     head = "interrupted" if interrupted else "done"
     return (
         f"sweep {spec.name} {head}: {counts['ok']} ok, {counts['skipped']} skipped (already ok), "

@@ -57,10 +57,18 @@ def preflight(cfg: RunConfig) -> None:
     ensure_output_dir(cfg.out)  # on every rank: exist_ok, and each rank's probe file has its own name
 
 
-def train(cfg: RunConfig) -> dict[str, Any]:
-    """Run one training (or benchmark) run and return its record (written by rank 0 into the run folder)."""
+def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None = None) -> dict[str, Any]:
+    """Run one training (or benchmark) run and return its record (written by rank 0 into the run folder).
+
+    `engine`: one made by the caller (a packed sweep's Horovod on a sub-communicator), else the config's.
+    `started_at`: when this run started (time.time()), where it is not this process's start (a packed sweep
+    runs many in one process), so start-up time is this run's own."""
+    if engine is not None:
+        if cfg.train.backend not in (None, engine.name):
+            raise UserError(f"backend {cfg.train.backend}: this run is given the {engine.name} engine")
+        cfg.train.backend = engine.name
     preflight(cfg)
-    engine = make_engine(cfg.train.backend)
+    engine = engine or make_engine(cfg.train.backend)
     world = engine.init(cfg.train.threads, cfg.train.timeline)
     writer = RunWriter(world, RunDir(cfg.out), engine)
     record = _start_record(cfg, engine, writer)
@@ -68,6 +76,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     session = None
     try:
         session = build(cfg, engine, record)
+        if started_at is not None:
+            session.phases.process_start = started_at
         writer.signature(session.ckpt_dir, cfg.model)
         epoch_loop(session, cfg, engine, writer, record)
         t_finish = time.perf_counter()
