@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         if args.pack is not None:
             from harness.sweep.pack import run_packed
 
-            if not args.dry_run:
-                ensure_output_dir(args.out)
             return run_packed(spec, args.out, args.pack, only=args.only, dry_run=args.dry_run)
         if not args.dry_run:
             ensure_output_dir(args.out)

@@ -34,6 +34,7 @@ from typing import IO, Any, Iterator, Sequence
 from harness import launch
 from harness.errors import UserError
 from harness.launch import Outcome
+from harness.outdir import ensure_output_dir
 from harness.record import utc_now
 from harness.rundir import RunDir
 from harness.sweep import index
@@ -139,6 +140,7 @@ def run_packed(
         print(shlex.join(worker_command(results, slots, [r.run_id for r in runs], [], "DRY-RUN", launcher,
                                         allocation=allocation, srun_mpi=srun_mpi)), file=out)
         return 0
+    ensure_output_dir(results)  # only now: a bad --pack writes nothing
     index.init_index(results, spec.to_dict(), [r.to_dict() for r in planned])
     from tqdm import tqdm
 
