@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--launcher", choices=("srun", "horovodrun", "mpirun"), default=None,
                    help="how a task starts its np ranks (default srun on SLURM, mpirun on PBS)")
     q.add_argument("--srun-mpi", default="pmix", help="srun --mpi plugin for the MPI Horovod build (default pmix)")
+    q.add_argument("--pack", type=int, default=None, metavar="T",
+                   help="one job of T ranks instead of arrays: the points run packed, in waves side by side (slurm, srun)")
     p.set_defaults(func=run)
 
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         time=args.time,
         launcher=args.launcher,
         srun_mpi=args.srun_mpi,
+        pack=args.pack,
     )
     written = emit(spec, args.out, opts)
     for role, path in written.items():

@@ -28,6 +28,7 @@ from harness.sweep.plan import PlannedRun, plan
 from harness.sweep.spec import SweepSpec
 
 SCHEDULERS = {"slurm": ("slurm.sbatch.tmpl", ".sbatch"), "pbs": ("pbs.tmpl", ".pbs")}
+PACK_TEMPLATE = "slurm-pack.sbatch.tmpl"  # --pack: one job, not arrays
 LAUNCHERS = {"slurm": ("srun", "horovodrun", "mpirun"), "pbs": ("mpirun", "horovodrun")}
 TEMPLATES = Path(__file__).resolve().parents[2] / "jobs"
 MANIFEST_COLUMNS = ("array", "index", "run_id", "label", "np", "depends_on", "first_conv")
@@ -69,6 +70,7 @@ class EmitOptions:
     time: str | None = None
     launcher: str | None = None
     srun_mpi: str = "pmix"
+    pack: int | None = None  # one allocation of this many ranks runs every point (harness.sweep.pack)
 
 
 def group_arrays(runs: list[PlannedRun]) -> list[ArrayJob]:
@@ -102,6 +104,11 @@ def _check(opts: EmitOptions) -> EmitOptions:
     for flag, value in (("--partition", opts.partition), ("--srun-mpi", opts.srun_mpi)):
         if value is not None and not _SAFE.match(value):
             raise UserError(f"{flag} {value!r}: only letters, digits and _ . , : + = - are allowed")
+    if opts.pack is not None:
+        if opts.scheduler != "slurm":
+            raise UserError(f"--pack is emitted for slurm (one srun step of T ranks); not for {opts.scheduler}")
+        if launcher != "srun":
+            raise UserError(f"--pack starts its ranks with srun, not {launcher}")
     opts.launcher = launcher
     return opts
 
@@ -121,6 +128,10 @@ def emit(spec: SweepSpec, out: str | Path, opts: EmitOptions) -> dict[str, Path]
     if mwms and opts.launcher != "srun":
         raise UserError(f"run {mwms[0]} uses backend mwms: its workers start with srun (TF_CONFIG from SLURM's "
                         f"variables), not {opts.launcher}; emit it for slurm with --launcher srun")
+    if opts.pack is not None:
+        from harness.sweep.pack import check_packable
+
+        check_packable(runs, opts.pack)
     arrays = group_arrays(runs)
     template_name, suffix = SCHEDULERS[opts.scheduler]
     template = _Template((TEMPLATES / template_name).read_text())
@@ -146,6 +157,9 @@ def emit(spec: SweepSpec, out: str | Path, opts: EmitOptions) -> dict[str, Path]
     manifest.write_text("\n".join(rows) + "\n")
     written["manifest"] = manifest
 
+    if opts.pack is not None:
+        arrays = [ArrayJob("pack", opts.pack, runs)]
+        template = _Template((TEMPLATES / PACK_TEMPLATE).read_text())
     for job in arrays:
         path = out / f"{job.name}{suffix}"
         path.write_text(_render(template, job, spec, opts, out, results, plan_path, manifest))
@@ -181,6 +195,12 @@ def _render(template: _Template, job: ArrayJob, spec: SweepSpec, opts: EmitOptio
         "launcher": q(opts.launcher or ""),
         "srun_mpi": q(opts.srun_mpi),
     }
+    if opts.pack is not None:
+        from harness.sweep.pack import START_SLACK_S, waves
+
+        n_waves = len(waves(job.runs, opts.pack))
+        values.update(slots=str(opts.pack), waves=str(n_waves), job_name=f"{spec.name}-pack",
+                      time=opts.time or _hms(n_waves * spec.timeout_s + START_SLACK_S + 300))
     if opts.scheduler == "slurm":
         values["array_range"] = f"0-{n - 1}{limit}"
         values["gpus_directive"] = f"#SBATCH --gpus-per-node={opts.gpus_per_node}" if opts.gpus_per_node else ""
@@ -198,7 +218,8 @@ def _render(template: _Template, job: ArrayJob, spec: SweepSpec, opts: EmitOptio
 def _submit_script(arrays: list[ArrayJob], spec: SweepSpec, scheduler: str, suffix: str) -> str:
     lines = [
         "#!/bin/bash",
-        f"# Submit sweep {spec.name} ({scheduler}): pre-training arrays first, run arrays after they succeeded.",
+        f"# Submit sweep {spec.name} ({scheduler}): " + ("one packed job of every run." if [a.name for a in arrays] == ["pack"]
+                                                       else "pre-training arrays first, run arrays after they succeeded."),
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         "mkdir -p logs",
