@@ -203,8 +203,25 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
     return s
 
 
-def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Section:
-    """Weak scaling to np = 512 predicted from each profiled run's compute, gradient bytes and overlap."""
+def _baseline_for(record: dict, comm: list[dict]) -> Any:
+    """This machine's measured allreduce baseline for a run: a comm record of the run's engine at its rank count,
+    else raw MPI's at that rank count; None without one."""
+    from analysis import scaling_model as sm
+
+    n, engine = record.get("world_size") or 1, (record.get("engine") or {}).get("name")
+    for want in (engine, "mpi"):
+        for c in comm:
+            if c.get("world_size") == n and (c.get("engine") or {}).get("name") == want \
+                    and (c.get("comm") or {}).get("fusion_bytes") != 0 and ((c.get("comm") or {}).get("tensors") or 1) == 1:
+                link = sm.measured_interconnect(c)
+                if link is not None:
+                    return link
+    return None
+
+
+def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path, comm: list[dict] | None = None) -> Section:
+    """Weak scaling to np = 512 predicted from each profiled run's compute, gradient bytes and overlap, on the
+    stated interconnects and on this machine's measured baseline (comm records), against the run's own throughput."""
     from analysis import scaling_model as sm
 
     s = Section("model", "Scaling model: predicted weak scaling past this machine", about=(
@@ -214,7 +231,7 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Sec
         + "; ".join(f"{k}: {v.name}, busbw {v.busbw_gb_s:g} GB/s, latency {v.latency_us:g} us"
                     for k, v in sm.INTERCONNECTS.items())
         + ". Not modelled: input pipelines, stragglers, ranks sharing one host's memory bandwidth."))
-    frames, compared = [], []
+    frames, compared, dots = [], [], []
     for record, per_step in breakdowns:
         name = per_step["run"].iloc[0] if "run" in per_step and len(per_step) else record.get("name")
         try:
@@ -222,11 +239,23 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Sec
         except UserError as exc:
             s.notes.append(f"{name}: {exc}")
             continue
-        for link in sm.INTERCONNECTS.values():
+        here = _baseline_for(record, comm or [])
+        for link in [*([here] if here else []), *sm.INTERCONNECTS.values()]:
             frames.append(sm.predict(inputs, link).assign(run=name))
         measured = (record.get("timing") or {}).get("throughput_samples_s")
+        n = record.get("world_size") or 1
+        if measured and here is not None:
+            pair = sm.against_measured(sm.predict(inputs, here, [n]), [(n, measured)]).assign(run=name, baseline=here.name)
+            compared.append(pair)
+            exposed = per_step["communication_ms"].mean() if "communication_ms" in per_step else float("nan")
+            s.notes.append(f"{name}: the baseline ({here.name}: busbw {here.busbw_gb_s:.3g} GB/s, latency "
+                           f"{here.latency_us:.3g} us) predicts {sm.allreduce_s(n, inputs.grad_bytes, here, inputs.messages) * 1e3:.2f} ms "
+                           f"of allreduce per step for its {inputs.grad_bytes / 1e6:.2f} MB of gradients; its trace shows "
+                           f"{exposed:.2f} ms of exposed communication per step (mean over ranks: waiting for the slower "
+                           "rank counts as communication there)")
         if measured:
             alone = (record.get("world_size") or 1) * inputs.per_rank_batch / inputs.compute_s
+            dots.append((name, n, measured / alone))
             s.notes.append(f"{name}: compute {inputs.compute_s * 1e3:.0f} ms per step, {inputs.grad_bytes / 1e6:.2f} MB "
                            f"of gradients in {inputs.messages} message(s), overlap {inputs.overlap:.0%}; its measured "
                            f"throughput {measured:.3g} samples/s at np={record.get('world_size')} is "
@@ -238,7 +267,12 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path) -> Sec
     table = table[["run", "interconnect", "np", "allreduce_ms", "exposed_ms", "step_ms", "throughput", "efficiency"]]
     _write(table, out, "scaling_model", s, "predicted per rank count (weak scaling; throughput in samples/s)",
            table[table["np"].isin([1, 2, 8, 64, 512])])
-    s.files.append(plots.scaling_model_png(table, out / "scaling_model.png"))
+    if compared:
+        both = tables.concat(compared)[["run", "baseline", "np", "predicted", "measured", "predicted / measured"]]
+        _write(both, out, "scaling_model_vs_measured", s, "predicted (this machine's measured baseline) against the "
+               "run's own measured throughput (samples/s)", both)
+    points = pd.DataFrame(dots, columns=["run", "np", "efficiency"])
+    s.files.append(plots.scaling_model_png(table, out / "scaling_model.png", points))
     return s
 
 
@@ -294,7 +328,7 @@ def build_report(results: str | Path, out: str | Path | None = None, top: int = 
         transfer_section(records, out),
         mmd_section(results, out),
         profile_section(records, out, top, breakdowns),
-        model_section(breakdowns, out),
+        model_section(breakdowns, out, comm),
         comm_section(comm, out),
     ]
     (out / "report.md").write_text(render(sections, results, len(records), out))

@@ -136,6 +136,29 @@ def inputs_from_run(record: dict[str, Any], breakdown: pd.DataFrame | None = Non
                       messages=messages_for(engine, grad_bytes))
 
 
+def measured_interconnect(record: dict[str, Any]) -> Interconnect | None:
+    """The allreduce baseline a `bratsbench comm` record measured: latency and busbw of the ring model fitted to its
+    allreduce times over all sizes (least squares on relative error, so 8 B and 256 MiB weigh alike). None for a
+    record with fewer than two ranks or two sizes."""
+    import numpy as np
+
+    n = int(record.get("world_size") or 1)
+    rows = [r for r in (record.get("comm") or {}).get("rows", []) if r.get("op") == "allreduce" and r.get("time_us")]
+    if n < 2 or len({r["bytes"] for r in rows}) < 2:
+        return None
+    t = np.array([r["time_us"] * 1e-6 for r in rows])
+    b = np.array([float(r["bytes"]) for r in rows])
+    steps = 2 * (n - 1)
+    a = np.stack([np.full_like(t, steps), steps / n * b], axis=1) / t[:, None]  # unknowns: latency, 1 / busbw
+    (lat, inv_bw), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+    if inv_bw <= 0:  # no bandwidth term left: take the best bus bandwidth measured
+        inv_bw = 1.0 / max(r["busbw_gb_s"] * 1e9 for r in rows)
+    engine = (record.get("engine") or {}).get("name") or "?"
+    hosts = ", ".join(record.get("hosts") or []) or "?"
+    return Interconnect(f"measured: {engine}, np={n} on {hosts}", float(1.0 / inv_bw / 1e9), float(max(0.0, lat) * 1e6),
+                        source="bratsbench comm")
+
+
 def against_measured(predicted: pd.DataFrame, measured: Sequence[tuple[int, float]]) -> pd.DataFrame:
     """Predicted beside measured throughput where both exist: ratio predicted / measured."""
     rows = []

@@ -75,3 +75,44 @@ def test_against_measured_pairs_rank_counts():
 def test_bad_inputs_are_refused(make, needle):
     with pytest.raises(UserError, match=needle):
         make()
+
+
+def _comm_record(link: sm.Interconnect, n: int, sizes, engine: str = "mpi", noise: float = 0.0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in sizes:
+        t = (sm.allreduce_s(n, b, link) or 1e-6) * (1 + noise * rng.uniform(-1, 1))
+        rows.append({"op": "allreduce", "bytes": b, "time_us": t * 1e6, "busbw_gb_s": b / t * 2 * (n - 1) / n / 1e9})
+    rows.append({"op": "broadcast", "bytes": 8, "time_us": 1e9, "busbw_gb_s": 1e-9})  # other ops are ignored
+    return {"kind": "comm", "world_size": n, "engine": {"name": engine}, "hosts": ["h"],
+            "comm": {"rows": rows, "fusion_bytes": None, "tensors": 1}}
+
+
+@pytest.mark.parametrize("n, busbw, latency, noise", [(2, 2.0, 30.0, 0.0), (4, 0.25, 5.0, 0.0), (2, 10.0, 100.0, 0.05)])
+def test_measured_interconnect_recovers_the_ring_model_it_was_generated_from(n, busbw, latency, noise):
+    link = sm.Interconnect("truth", busbw, latency)
+    got = sm.measured_interconnect(_comm_record(link, n, [2**k for k in range(3, 29)], noise=noise))
+    assert got.source == "bratsbench comm" and "mpi, np=" in got.name
+    assert got.busbw_gb_s == pytest.approx(busbw, rel=0.1 if noise else 1e-6)
+    assert got.latency_us == pytest.approx(latency, rel=0.1 if noise else 1e-6)
+
+
+def test_measured_interconnect_needs_two_ranks_and_two_sizes():
+    link = sm.Interconnect("truth", 1.0, 1.0)
+    assert sm.measured_interconnect(_comm_record(link, 1, [8, 1024])) is None
+    assert sm.measured_interconnect(_comm_record(link, 2, [1024])) is None
+
+
+def test_the_report_predicts_a_run_on_the_baseline_of_its_engine_and_rank_count():
+    from analysis.report import _baseline_for
+
+    slow, fast = sm.Interconnect("slow", 0.5, 50.0), sm.Interconnect("fast", 5.0, 5.0)
+    comm = [_comm_record(slow, 2, [8, 2**20, 2**26], "mpi"), _comm_record(fast, 2, [8, 2**20, 2**26], "horovod"),
+            _comm_record(fast, 4, [8, 2**20], "mwms")]
+    hvd = _baseline_for({"world_size": 2, "engine": {"name": "horovod"}}, comm)
+    assert hvd.busbw_gb_s == pytest.approx(5.0) and "horovod" in hvd.name
+    mwms = _baseline_for({"world_size": 2, "engine": {"name": "mwms"}}, comm)  # none of its own at np=2: raw MPI's
+    assert mwms.busbw_gb_s == pytest.approx(0.5) and "mpi" in mwms.name
+    assert _baseline_for({"world_size": 8, "engine": {"name": "horovod"}}, comm) is None
