@@ -144,7 +144,8 @@ def breakdown_png(summary: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def scaling_model_png(table: pd.DataFrame, path: str | Path, measured: pd.DataFrame | None = None) -> Path:
+def scaling_model_png(table: pd.DataFrame, path: str | Path, measured: pd.DataFrame | None = None,
+                      measured_label: str = "measured (this machine)") -> Path:
     """Predicted weak-scaling efficiency against rank count (log2), one line per run and interconnect; `measured`
     (run, np, efficiency): the runs' own throughput as a share of what their compute alone would give."""
     plt = _plt()
@@ -153,7 +154,7 @@ def scaling_model_png(table: pd.DataFrame, path: str | Path, measured: pd.DataFr
         ax.plot(g["np"], g["efficiency"], marker="o", ms=3, label=f"{run}: {link}")
     if measured is not None and not measured.empty:
         ax.scatter(measured["np"], measured["efficiency"], marker="*", s=120, color="black", zorder=5,
-                   label="measured (this machine)")
+                   label=measured_label)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="ranks (one GPU or core each)", ylabel="weak-scaling efficiency (predicted)", ylim=(0, 1.05),
            title="scaling model: compute + exposed ring allreduce")
