@@ -373,6 +373,7 @@ def _read_end(path: Path, limit: int = 64 * 1024) -> str:
 
 _HVD_FIRST = re.compile(r"first process to do so was:\s*Process name: (\S+)\s*Exit code: (-?\d+)", re.S)
 _MWMS_FIRST = re.compile(r"bratsbench launch: worker (\d+) (killed by SIG\w+|exited with code -?\d+)")
+_SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([\d,-]+): (.+)")
 
 
 def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
@@ -385,6 +386,10 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
         return f"MWMS worker {found.group(1)} {found.group(2)}; the launcher stopped the others (exit code {code})"
     if record and record.get("error"):
         return str(record["error"])
+    found = _SRUN_TASK.search("\n".join(tail))
+    if found:  # srun names the node and task (rank) that failed first; --kill-on-bad-exit stopped the others
+        node, task, what = found.groups()
+        return f"{'rank' if task.isdigit() else 'ranks'} {task} on {node}: {what.strip()}; srun stopped the step (exit code {code})"
     found = _HVD_FIRST.search("\n".join(tail))
     if found:  # horovodrun names the rank that failed first
         rank, rank_code = found.group(1), int(found.group(2))

@@ -310,3 +310,18 @@ def test_ctrl_c_kills_the_run_and_records_it_interrupted(tmp_path):
     assert "interrupted" in out.strip().splitlines()[-1]
     assert not (results / "runs" / plan(parse_spec(yaml.safe_load(spec.read_text()), origin="c"))[1].run_id).exists()
     assert no_temp_files(results)
+
+
+@pytest.mark.parametrize("tail, record, expected", [
+    (["0: step 3", "srun: error: node2: task 1: Killed", "srun: Terminating StepId=5.0"], {"status": "running"},
+     "rank 1 on node2: Killed; srun stopped the step (exit code 137)"),
+    (["srun: error: c12: tasks 0-1: Exited with exit code 2"], None,
+     "ranks 0-1 on c12: Exited with exit code 2; srun stopped the step (exit code 137)"),
+    # the trainer's own error wins over srun's summary of it
+    (["srun: error: node2: task 1: Exited with exit code 2"], {"status": "failed", "error": "crop too large"},
+     "crop too large"),
+])
+def test_describe_names_the_rank_and_node_srun_saw_fail(tail, record, expected):
+    from harness.launch import describe
+
+    assert describe(Outcome(137, 1.0), record, tail) == expected
