@@ -98,6 +98,7 @@ def test_bad_pack_is_one_line_before_anything_runs(tmp_path, cli, pack, axes, fi
     assert not results.exists()  # nothing written
 
 
+@pytest.mark.horovod  # packing runs Horovod points: without Horovod the default engine is MWMS, refused
 def test_dry_run_prints_the_waves_and_the_mpirun_line(tmp_path, cli):
     spec = _spec(tmp_path, "dry", {"np": [1, 2], "seed": [0, 1]})
     code, out, _ = cli("sweep", "run", str(spec), "--out", str(tmp_path / "res"), "--pack", "2", "--dry-run")

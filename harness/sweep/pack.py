@@ -60,6 +60,7 @@ def check_packable(runs: Sequence[PlannedRun], slots: int) -> None:
         if run.np > slots:
             raise UserError(f"--pack {slots}: point {run.label} ({run.run_id}) needs np={run.np} ranks, more than the "
                             f"{slots} of the allocation")
+    for run in runs:
         backend = run.config.train.backend or default_backend()
         if backend != "horovod":
             raise UserError(f"--pack: point {run.label} uses backend {backend}; packing runs Horovod points on mpi4py "
