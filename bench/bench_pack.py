@@ -5,8 +5,9 @@ phase of the shared machine hits both): `sweep run` (one launch per point) and `
 T ranks, points side by side in waves). Prints both wall times per round, the median and min-max of each, and the
 median of the per-round ratios unpacked / packed (> 1: packing saves time), with the share of the unpacked wall time
 that is start-up (from the records: time to the first step). The sweep: np 1 and 2, three seeds, the tiny model of
-the tests, N training steps per point (--steps; longer points make start-up a smaller share, so packing saves less).
-Usage: python bench/bench_pack.py [--rounds 3] [--pack 2] [--steps 20]
+the tests, N training steps per point (--steps, --crop, --base-filters: longer points make start-up a smaller share,
+so packing saves less).
+Usage: python bench/bench_pack.py [--rounds 3] [--pack 2] [--steps 20] [--crop 16] [--base-filters 4]
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import env, tmpdir  # noqa: E402
 
 
-def spec(steps: int) -> dict:
+def spec(steps: int, crop: int, base_filters: int) -> dict:
     return {
         "name": "benchpack",
         "axes": {"np": [1, 2], "seed": [0, 1, 2]},
         "fixed": {
-            "model": {"base_filters": 4, "depth": 2, "modalities": ["t1", "t2"]},
-            "data": {"synthetic": True, "crop": [16, 16, 16], "synthetic_samples": 4, "val_cases": 1},
+            "model": {"base_filters": base_filters, "depth": 2, "modalities": ["t1", "t2"]},
+            "data": {"synthetic": True, "crop": [crop] * 3, "synthetic_samples": 4, "val_cases": 1},
             "train": {"batch_size": 1, "epochs": 1, "steps_per_epoch": steps, "threads": 1},
         },
         "timeout_s": 900,
@@ -54,10 +55,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pack", type=int, default=2, help="ranks of the packed job")
     p.add_argument("--steps", type=int, default=20, help="training steps per point")
+    p.add_argument("--crop", type=int, default=16, help="crop edge (16: the tests' tiny model)")
+    p.add_argument("--base-filters", type=int, default=4)
     a = p.parse_args()
     out = tmpdir("bench-pack-")
     spec_path = out / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec(a.steps)))
+    spec_path.write_text(yaml.safe_dump(spec(a.steps, a.crop, a.base_filters)))
     times: dict[str, list[float]] = {"unpacked": [], "packed": []}
     startup_share: list[float] = []
     for r in range(a.rounds):
@@ -74,7 +77,7 @@ def main() -> None:
     for mode, values in times.items():
         print(f"{mode:>9}: median {statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f}) "
               f"over {len(values)} rounds")
-    print(f"6 points (np 1 and 2, 3 seeds, {a.steps} steps each) on {a.pack} ranks: unpacked / packed = "
+    print(f"6 points (np 1 and 2, 3 seeds, {a.steps} steps each at {a.crop}^3, base {a.base_filters}) on {a.pack} ranks: unpacked / packed = "
           f"{statistics.median(ratios):.2f} (rounds {', '.join(f'{x:.2f}' for x in ratios)}); start-up is "
           f"{statistics.median(startup_share):.0%} of the unpacked sweep's wall time")
 

@@ -39,6 +39,41 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def conf_lines(root: Path, socket: Path, cluster: str, ctld_host: str, ctld_port: int, d_port: int,
+               per_node: bool = False) -> list[str]:
+    """The slurm.conf lines both test clusters share (everything under `root`); `per_node`: one spool folder, pid
+    file and log per node (%n), for several slurmd on one machine."""
+    n = ".%n" if per_node else ""
+    return [
+        f"ClusterName={cluster}",
+        f"SlurmctldHost={ctld_host}",
+        f"SlurmctldPort={ctld_port}",
+        f"SlurmdPort={d_port}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={socket}",
+        f"StateSaveLocation={root / 'state'}",
+        f"SlurmdSpoolDir={root / 'spool' / '%n' if per_node else root / 'spool'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+        f"SlurmdPidFile={root / f'slurmd{n}.pid'}",
+        f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+        f"SlurmdLogFile={root / 'log' / f'slurmd{n}.log'}",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_CPU",
+        "SchedulerType=sched/backfill",
+        "JobCompType=jobcomp/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "MpiDefault=none",
+        "ReturnToService=2",
+        "SchedulerParameters=sched_interval=1",
+    ]
+
+
 class SlurmCluster:
     """Start with `start()`, stop with `stop()`; `env` is what sbatch/squeue/sinfo need (SLURM_CONF)."""
 
@@ -100,32 +135,7 @@ class SlurmCluster:
         self.conf.write_text(
             "\n".join(
                 [
-                    "ClusterName=bratsbench-test",
-                    "SlurmctldHost=localhost",
-                    f"SlurmctldPort={ctld_port}",
-                    f"SlurmdPort={d_port}",
-                    "SlurmUser=root",
-                    "SlurmdUser=root",
-                    "AuthType=auth/munge",
-                    "CredType=cred/munge",
-                    f"AuthInfo=socket={self.socket}",
-                    f"StateSaveLocation={r / 'state'}",
-                    f"SlurmdSpoolDir={r / 'spool'}",
-                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-                    f"SlurmdPidFile={r / 'slurmd.pid'}",
-                    f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-                    f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
-                    "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
-                    "SelectType=select/cons_tres",
-                    "SelectTypeParameters=CR_CPU",
-                    "SchedulerType=sched/backfill",
-                    "JobCompType=jobcomp/none",
-                    "JobAcctGatherType=jobacct_gather/none",
-                    "AccountingStorageType=accounting_storage/none",
-                    "MpiDefault=none",
-                    "ReturnToService=2",
-                    "SchedulerParameters=sched_interval=1",
+                    *conf_lines(r, self.socket, "bratsbench-test", "localhost", ctld_port, d_port),
                     f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
                     "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                     "",

@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.slurm_cluster import BINARIES, SlurmCluster, _free_ports
+from tests.slurm_cluster import BINARIES, SlurmCluster, _free_ports, conf_lines
 
 NODES = ("node1", "node2")
 NET_BINARIES = ("ip", "nsenter", "unshare")
@@ -221,32 +221,7 @@ class TwoNodeCluster(SlurmCluster):
             (r / "tmp" / node).chmod(0o1777)
         ctld_port, d_port = _free_ports(2)  # slurmd listens inside fresh namespaces: any port is free there
         lines = [
-            "ClusterName=bratsbench-2nodes",
-            f"SlurmctldHost=ctl({self.addr['ctl']})",
-            f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={d_port}",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            f"AuthInfo=socket={self.socket}",
-            f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool' / '%n'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.%n.pid'}",
-            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.%n.log'}",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_CPU",
-            "SchedulerType=sched/backfill",
-            "JobCompType=jobcomp/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "MpiDefault=none",
-            "ReturnToService=2",
-            "SchedulerParameters=sched_interval=1",
+            *conf_lines(r, self.socket, "bratsbench-2nodes", f"ctl({self.addr['ctl']})", ctld_port, d_port, per_node=True),
             "SlurmdTimeout=10",
             "MessageTimeout=10",
             "KillWait=5",
