@@ -391,7 +391,9 @@ class PackWorker:
         if record is not None and first is not None and record.get("status") != "ok":
             record["error"] = first[1] if first[0] == 0 else f"rank {first[0]}: {first[1]}"
             folder.write_record(record)
-        entry = launch.settle(folder, Outcome(code, seconds), np_=run.np, annotate=annotate)
+        # no record at all (the run failed before the trainer wrote one): the error itself is the reason
+        reason = first[1] if record is None and first is not None else None
+        entry = launch.settle(folder, Outcome(code, seconds, reason), np_=run.np, annotate=annotate)
         index.set_run(self.results, run.run_id, launch=self.launch_id, wave=w, **entry)
 
     def _expire(self, run: PlannedRun, folder: RunDir, srank: int, start: float, info: dict[str, Any], w: int) -> None:
