@@ -142,3 +142,5 @@ def test_horovod_under_horovodrun_without_fusion_and_the_analysis(mpi_record, tm
 def test_mwms_allreduce_and_allgather_under_our_launcher(tmp_path):
     record = _comm(tmp_path, "mwms")
     _check(record, "mwms", ("allreduce", "allgather"))  # MWMS has no broadcast collective
+    # TensorFlow spends a sleeping thread per collective on MWMS's timeout: the baseline runs without one
+    assert record["comm"]["mwms_collective_timeout_s"] is None

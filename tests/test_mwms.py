@@ -205,3 +205,23 @@ def test_unknown_backend_and_horovod_where_missing(tmp_path, cli, capsys):
         code, _, err = cli("train", *SMALL, "--backend", "horovod", "--out", str(tmp_path / "h"))
         assert code == 2 and err.strip() == f"bratsbench: error: {problem}"
         assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("raw, expected", [(None, 60.0), ("30", 30.0), ("0", None), (" 0 ", None)])
+def test_collective_timeout_from_the_environment(monkeypatch, raw, expected):
+    from harness.engines.mwms import TIMEOUT_ENV, collective_timeout_s
+
+    if raw is None:
+        monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TIMEOUT_ENV, raw)
+    assert collective_timeout_s() == expected
+
+
+@pytest.mark.parametrize("raw, fragment", [("-5", "must be positive"), ("soon", "is not a number of seconds")])
+def test_bad_collective_timeout_is_one_line(monkeypatch, raw, fragment):
+    from harness.engines.mwms import TIMEOUT_ENV, collective_timeout_s
+
+    monkeypatch.setenv(TIMEOUT_ENV, raw)
+    with pytest.raises(UserError, match=fragment):
+        collective_timeout_s()

@@ -125,6 +125,9 @@ def _collectives(opts: CommOptions):
     # The trainer's 5 ms background cycle on CPU (engines/horovod.py) would add up to 5 ms to every call and hide
     # the link; a baseline of the link wants a short cycle. An explicit HOROVOD_CYCLE_TIME wins, and is recorded.
     os.environ.setdefault("HOROVOD_CYCLE_TIME", str(COMM_CYCLE_TIME_MS))
+    # MWMS's collective timeout costs a thread per call (engines/mwms.py): off here unless set (a stuck rank is
+    # still killed by --timeout); recorded
+    os.environ.setdefault("BRATSBENCH_MWMS_TIMEOUT_S", "0")
     from harness.engines import make_engine
 
     engine = make_engine(opts.backend)
@@ -175,11 +178,18 @@ def rank_main(opts: CommOptions) -> int:
                       engine={"name": opts.backend, "version": version}, hosts=hosts)
         record["comm"] = {"rows": [asdict(r) for r in rows], "gradient_bytes": opts.gradient_bytes,
                           "fusion_bytes": fusion_bytes(opts), "tensors": opts.tensors, "launcher": opts.launcher,
-                          "horovod_cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]) if opts.backend == "horovod" else None}
+                          "horovod_cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]) if opts.backend == "horovod" else None,
+                          "mwms_collective_timeout_s": _mwms_timeout() if opts.backend == "mwms" else None}
         RunDir(opts.out).write_record(record)
     if engine is not None:
         engine.shutdown()
     return 0
+
+
+def _mwms_timeout() -> float | None:
+    """The collective timeout MWMS ran with (None: off)."""
+    value = float(os.environ.get("BRATSBENCH_MWMS_TIMEOUT_S", "60"))
+    return value or None
 
 
 def _hostnames(backend: Any, engine: Any) -> list[str]:

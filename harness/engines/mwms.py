@@ -24,11 +24,21 @@ import tensorflow as tf
 from harness.engines.base import Engine, World, set_threads, visible_gpus
 from harness.errors import UserError
 
-TIMEOUT_ENV = "BRATSBENCH_MWMS_TIMEOUT_S"  # collective timeout
+# Collective timeout; "0" turns it off. TensorFlow enforces it with a thread per collective call that sleeps for
+# the timeout (measured: 2 threads per all-reduce per worker, 4 per all-gather, alive 60 s), which a training step
+# rate never notices but thousands of calls a second (bratsbench comm) turn into tens of thousands of threads.
+TIMEOUT_ENV = "BRATSBENCH_MWMS_TIMEOUT_S"
 PEER_WAIT_ENV = "BRATSBENCH_MWMS_PEER_WAIT_S"  # how long a worker waits for the others to start
 PORT_ENV = "BRATSBENCH_MWMS_PORT"  # first port of a SLURM step's workers on each node
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_PEER_WAIT_S = 180.0
+
+
+def collective_timeout_s() -> float | None:
+    """The collective timeout in seconds (TIMEOUT_ENV; default DEFAULT_TIMEOUT_S), None when set to 0 (off)."""
+    if os.environ.get(TIMEOUT_ENV, "").strip() == "0":
+        return None
+    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 def _seconds(env: str, default: float) -> float:
@@ -175,7 +185,7 @@ class MWMSEngine(Engine):
         tf.get_logger().addFilter(_QuietRetracing())
         ring = tf.distribute.experimental.CommunicationImplementation
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=ring.NCCL if gpus else ring.RING, timeout_seconds=_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+            implementation=ring.NCCL if gpus else ring.RING, timeout_seconds=collective_timeout_s())
         if size > 1:
             rendezvous(workers, index, _seconds(PEER_WAIT_ENV, DEFAULT_PEER_WAIT_S))
         try:
