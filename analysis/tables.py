@@ -283,6 +283,8 @@ def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def _comm_label(record: dict) -> str:
     c = record.get("comm") or {}
     label = (record.get("engine") or {}).get("name") or "?"
+    if label == "horovod":  # its transport follows the launcher: Gloo under horovodrun, MPI under mpirun / srun
+        label += "/gloo" if c.get("launcher") == "horovodrun" else "/mpi"
     if c.get("fusion_bytes") == 0:
         label += " (no fusion)"
     if (c.get("tensors") or 1) > 1:

@@ -132,8 +132,8 @@ def test_horovod_under_horovodrun_without_fusion_and_the_analysis(mpi_record, tm
     import pandas as pd
 
     marks = pd.read_csv(results / "analysis" / "comm_gradient.csv").set_index("backend")
-    assert set(marks.index) == {"mpi", "horovod (no fusion)"} and (marks["bytes"] == 16 * 1024).all()
-    assert marks.loc["mpi", "vs_mpi"] == 1.0 and marks.loc["horovod (no fusion)", "vs_mpi"] > 0
+    assert set(marks.index) == {"mpi", "horovod/gloo (no fusion)"} and (marks["bytes"] == 16 * 1024).all()
+    assert marks.loc["mpi", "vs_mpi"] == 1.0 and marks.loc["horovod/gloo (no fusion)", "vs_mpi"] > 0
     assert (results / "analysis" / "comm.png").read_bytes()[:4] == b"\x89PNG"
     assert "Communication baselines" in stdout
 

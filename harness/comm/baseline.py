@@ -12,7 +12,7 @@ from typing import Any
 from harness.comm import measure
 from harness.errors import UserError
 
-COMM_CYCLE_TIME_MS = 0.2
+COMM_CYCLE_TIME_MS = 0.05
 LAUNCHERS = {"mpi": ("mpirun",), "horovod": ("horovodrun", "mpirun"), "mwms": ("mwms",)}
 
 
