@@ -226,3 +226,40 @@ def test_a_killed_rank_reruns_the_points_in_flight_alone(tmp_path):
     waves_of = sorted(r["extra"]["pack"]["wave"] for r in recs.values())
     assert waves_of == [1, 2]  # rerun alone: one point per wave
     assert out.count("ok in") == 2
+
+
+def _default_sigint() -> None:  # a user's Ctrl-C reaches a foreground process; background jobs ignore SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+@pytest.mark.horovod
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_scancel_stops_the_packed_job_and_records_its_points_interrupted(tmp_path, sig):
+    fixed = {**TINY, "train": {**TINY["train"], "steps_per_epoch": 400}}
+    spec = _spec(tmp_path, "intr", {"seed": [0, 1]}, fixed)
+    runs = _plan(spec)
+    results = tmp_path / "res"
+    proc = subprocess.Popen(bratsbench_cmd("sweep", "run", str(spec), "--out", str(results), "--pack", "2"),
+                            env=proc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    ranks: list[psutil.Process] = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        entries = index.read_index(results).get("runs", {}) if (results / "sweep.json").exists() else {}
+        ranks = _pack_ranks(proc)
+        if len(ranks) == 2 and all(entries.get(r.run_id, {}).get("status") == "running" for r in runs):
+            break
+        time.sleep(0.3)
+    assert len(ranks) == 2, proc.communicate(timeout=60)
+    time.sleep(2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out.strip().splitlines()[-1]
+    gone, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not alive, "the packed job outlived the sweep"
+    for run in runs:
+        rec = _records(results, [run])[run.run_id]
+        assert (rec["status"], rec["exit_code"], rec["error"]) == ("interrupted", 130, "interrupted by the user")
+    assert {e["status"] for e in index.read_index(results)["runs"].values()} == {"interrupted"}

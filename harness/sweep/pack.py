@@ -191,7 +191,7 @@ def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRu
     limit = len(groups) * spec.timeout_s + START_SLACK_S
     reported: set[str] = set()
     box: dict[str, Any] = {}
-    stop = threading.Event()
+    stop, done = threading.Event(), threading.Event()
 
     def job() -> None:
         try:
@@ -200,6 +200,8 @@ def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRu
                                                   env=launch.launch_env(), stop=stop)
         except BaseException as exc:  # KeyboardInterrupt from `stop`: the tree is already killed
             box["error"] = exc
+        finally:
+            done.set()
 
     def report() -> None:
         runs = index.read_index(results).get("runs", {})
@@ -216,12 +218,13 @@ def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRu
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
     try:
-        while thread.is_alive():
-            thread.join(timeout=how["poll_s"])
+        while not done.wait(timeout=how["poll_s"]):
             report()
     except BaseException as exc:  # Ctrl-C, SIGTERM (scancel) or a bug here: the job must not outlive us
         stop.set()
-        thread.join()
+        # an Event, not thread.join(): a join that Ctrl-C interrupted returns at once the next time (CPython 3.11)
+        while not done.wait(timeout=1.0):
+            pass
         if isinstance(exc, KeyboardInterrupt):
             _settle_in_flight(results, todo, launch_id, Outcome(130, 0.0), status="interrupted")
         raise
