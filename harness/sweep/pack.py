@@ -103,15 +103,15 @@ def format_waves(groups: list[list[PlannedRun]], slots: int) -> str:
 
 
 def worker_command(results: Path, slots: int, run_ids: Sequence[str], alone: Sequence[str], launch_id: str,
-                   launcher: str, *, allocation: bool = False, srun_mpi: str = "pmix",
-                   logs: Path | None = None) -> list[str]:
+                   launcher: str, *, allocation: bool = False, srun_mpi: str = "pmix") -> list[str]:
+    """The packed job: `slots` ranks of `python -m harness.sweep.pack worker` (their output: RESULTS/pack/ID.log)."""
     cmd = [sys.executable, "-m", "harness.sweep.pack", "worker", "--results", str(results), "--launch", launch_id,
            "--runs", ",".join(run_ids)]
     if alone:
         cmd += ["--alone", ",".join(alone)]
     # ranks are started by mpirun (locally) or srun (in an allocation); horovodrun's Gloo has no communicators
     launcher = "srun" if launcher == "srun" else "mpirun"
-    return launch.launch_command(slots, cmd, launcher, logs, allocation=allocation, srun_mpi=srun_mpi)
+    return launch.launch_command(slots, cmd, launcher, allocation=allocation, srun_mpi=srun_mpi)
 
 
 def run_packed(
