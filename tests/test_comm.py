@@ -31,9 +31,10 @@ def test_parse_bytes_refuses(text):
 def test_sizes_are_the_powers_of_two_in_range():
     assert measure.sizes(8, 64) == [8, 16, 32, 64]
     assert measure.sizes(8, 256 * 1024**2)[-1] == 256 * 1024**2 and len(measure.sizes(8, 256 * 1024**2)) == 26
-    assert measure.sizes(5, 40) == [8, 16, 32]
-    with pytest.raises(UserError, match="need 4 <= min <= max"):
-        measure.sizes(64, 8)
+    assert measure.sizes(9, 40) == [16, 32]
+    for lo, hi in ((64, 8), (4, 64), (8, 512 * 1024**2), (0, 8)):
+        with pytest.raises(UserError, match=r"need 8 <= min <= max <= 268435456 \(8 B to 256 MiB\)"):
+            measure.sizes(lo, hi)
 
 
 @pytest.mark.parametrize("op, n, factor", [("allreduce", 2, 1.0), ("allreduce", 8, 1.75), ("allgather", 4, 0.75),
@@ -80,7 +81,9 @@ def test_the_loop_times_the_slowest_rank_and_skips_what_cannot_be_split():
     ({"ops": ("allreduce", "scatter")}, "--ops allreduce,scatter"),
     ({"fusion": False}, "--no-fusion is Horovod's tensor fusion"),
     ({"launcher": "horovodrun"}, "--launcher horovodrun cannot start the mpi backend"),
-    ({"min_bytes": 1024, "max_bytes": 8}, "need 4 <= min <= max"),
+    ({"min_bytes": 1024, "max_bytes": 8}, "need 8 <= min <= max"),
+    ({"min_bytes": 8, "max_bytes": 1024**3}, "<= 268435456 \\(8 B to 256 MiB\\)"),
+    ({"min_bytes": 2, "max_bytes": 64}, "need 8 <= min"),
     ({"iters": 0}, "--iters 0 must be at least 1"),
 ])
 def test_bad_options_are_refused_before_anything_starts(changes, needle):
@@ -144,3 +147,17 @@ def test_mwms_allreduce_and_allgather_under_our_launcher(tmp_path):
     _check(record, "mwms", ("allreduce", "allgather"))  # MWMS has no broadcast collective
     # TensorFlow spends a sleeping thread per collective on MWMS's timeout: the baseline runs without one
     assert record["comm"]["mwms_collective_timeout_s"] is None
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--max-bytes", "1G"], "message sizes 8..1073741824 bytes: need 8 <= min <= max <= 268435456 (8 B to 256 MiB)"),
+    (["--min-bytes", "2"], "message sizes 2..268435456 bytes: need 8 <= min"),
+    (["--min-bytes", "1M", "--max-bytes", "1K"], "message sizes 1048576..1024 bytes"),
+    (["--max-bytes", "12abc"], "message size '12abc': expected a number of bytes"),
+])
+def test_sizes_out_of_range_are_one_line_before_anything_runs(tmp_path, cli, flags, needle):
+    out = tmp_path / "comm"
+    code, stdout, err = cli("comm", "--backend", "mpi", "-np", "2", *flags, "--out", str(out))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("bratsbench: error: ") and needle in lines[0], err
+    assert not out.exists()

@@ -30,10 +30,14 @@ def parse_bytes(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
+SMALLEST, LARGEST = 8, 256 * 1024**2  # the range a baseline sweeps: 8 B to 256 MiB
+
+
 def sizes(min_bytes: int, max_bytes: int) -> list[int]:
-    """Powers of two from min_bytes to max_bytes (both rounded to a power of two, at least one float)."""
-    if min_bytes < ELEMENT_BYTES or max_bytes < min_bytes:
-        raise UserError(f"message sizes {min_bytes}..{max_bytes} bytes: need {ELEMENT_BYTES} <= min <= max")
+    """Powers of two from min_bytes to max_bytes (both rounded inwards to a power of two), within 8 B..256 MiB."""
+    if not SMALLEST <= min_bytes <= max_bytes <= LARGEST:
+        raise UserError(f"message sizes {min_bytes}..{max_bytes} bytes: need {SMALLEST} <= min <= max <= {LARGEST} "
+                        "(8 B to 256 MiB)")
     lo, hi = (min_bytes - 1).bit_length(), max_bytes.bit_length() - 1
     return [2**k for k in range(lo, hi + 1)]
 

@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-np", "--np", dest="np", type=int, default=2, help="ranks (default 2)")
     p.add_argument("--launcher", default=None, help="mpirun or horovodrun for horovod (default horovodrun)")
     p.add_argument("--ops", default="allreduce,broadcast,allgather", help="comma list (default all three)")
-    p.add_argument("--min-bytes", default="8", help="smallest message (default 8; K, M, G suffixes)")
-    p.add_argument("--max-bytes", default="256M", help="largest message (default 256M)")
+    p.add_argument("--min-bytes", default="8", help="smallest message, 8 B at least (default 8; K, M, G suffixes)")
+    p.add_argument("--max-bytes", default="256M", help="largest message, 256 MiB at most (default 256M)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per size (default 5)")
     p.add_argument("--iters", type=int, default=None, help="timed calls per size (default: 5-200 by size)")
     p.add_argument("--tensors", type=int, default=1,
