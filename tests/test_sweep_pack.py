@@ -263,3 +263,16 @@ def test_ctrl_c_or_scancel_stops_the_packed_job_and_records_its_points_interrupt
         rec = _records(results, [run])[run.run_id]
         assert (rec["status"], rec["exit_code"], rec["error"]) == ("interrupted", 130, "interrupted by the user")
     assert {e["status"] for e in index.read_index(results)["runs"].values()} == {"interrupted"}
+
+
+def test_emit_pack_with_a_point_too_large_is_one_line_and_writes_nothing(tmp_path, cli):
+    spec = _spec(tmp_path, "emitbad", {"np": [1, 2]})
+    jobs = tmp_path / "jobs"
+    code, out, err = cli("sweep", "emit", str(spec), "--scheduler", "slurm", "--out", str(jobs), "--pack", "1")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "bratsbench: error: --pack 1: point np2-b1-k0-scratch-s0 (" + _plan(spec)[-1].run_id
+        + ") needs np=2 ranks, more than the 1 of the allocation"]
+    assert not jobs.exists()
+    code, _, err = cli("sweep", "emit", str(spec), "--scheduler", "pbs", "--out", str(jobs), "--pack", "2")
+    assert code == 2 and "--pack is emitted for slurm" in err and not jobs.exists()

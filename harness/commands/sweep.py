@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
         return run_sweep(spec, args.out, only=args.only, dry_run=args.dry_run)
     from harness.sweep.emit import EmitOptions, emit
 
-    ensure_output_dir(args.out)
     opts = EmitOptions(
         scheduler=args.scheduler,
         results=Path(args.results) if args.results else None,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.outdir import ensure_output_dir
 from harness.record import atomic_write_json
 from harness.sweep import index
 from harness.sweep.plan import PlannedRun, plan
@@ -136,7 +137,7 @@ def emit(spec: SweepSpec, out: str | Path, opts: EmitOptions) -> dict[str, Path]
     template_name, suffix = SCHEDULERS[opts.scheduler]
     template = _Template((TEMPLATES / template_name).read_text())
 
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out)  # only now: bad options write nothing
     (out / JOB_LOGS).mkdir(exist_ok=True)
     for old in [*out.glob("*.sbatch"), *out.glob("*.pbs"), *(out / "configs").glob("*.json")]:
         old.unlink()  # a previous emit into the same folder
