@@ -8,6 +8,9 @@ a second `sweep run` finishes only what is missing.
 Also the entry point of cluster array tasks: `python -m harness.sweep.runner run-task` does in one allocation
 what `run_one` does locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
 srun/mpirun/horovodrun under the sweep's timeout, settle).
+
+`--pack` (many points in one MPI job, side by side on sub-communicators) lives in `harness.sweep.pack`, which
+reuses this module's dependency rule, run folders and summary line.
 """
 
 from __future__ import annotations
