@@ -110,6 +110,16 @@ def test_dry_run_prints_the_waves_and_the_mpirun_line(tmp_path, cli):
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.horovod
+def test_benchmark_points_side_by_side_are_warned_about(tmp_path, cli):
+    bench = {**TINY, "train": {"batch_size": 1, "benchmark": True, "bench_warmup": 1, "bench_steps": 2, "threads": 1}}
+    spec = _spec(tmp_path, "timing", {"seed": [0, 1]}, bench)
+    code, _, err = cli("sweep", "run", str(spec), "--out", str(tmp_path / "res"), "--pack", "2", "--dry-run")
+    assert code == 0 and "2 benchmark point(s) (e.g. np1-b1-k0-scratch-s0) are timed side by side" in err
+    code, _, err = cli("sweep", "run", str(spec), "--out", str(tmp_path / "res"), "--pack", "1", "--dry-run")
+    assert code == 0 and "warning" not in err  # one point per wave: each alone
+
+
 # --- real packed jobs ------------------------------------------------------------------------------------
 
 

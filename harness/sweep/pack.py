@@ -136,6 +136,10 @@ def run_packed(
     check_packable(runs, slots)
     if not allocation and slots > 1 and shutil.which("mpirun") is None:
         raise UserError(f"--pack {slots}: mpirun (Open MPI) is not on PATH; it starts the packed job's ranks")
+    shared = [r.label for g in waves(runs, slots) if len(g) > 1 for r in g if r.config.train.benchmark]
+    if shared:  # a timing sweep wants each point alone on its cores
+        print(f"bratsbench: warning: --pack {slots}: {len(shared)} benchmark point(s) (e.g. {shared[0]}) are timed side "
+              "by side with other points; their throughputs are not those of points run alone", file=sys.stderr)
     if dry_run:
         print(format_waves(waves(runs, slots), slots), file=out)
         print(shlex.join(worker_command(results, slots, [r.run_id for r in runs], [], "DRY-RUN", launcher,
