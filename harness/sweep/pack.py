@@ -39,7 +39,7 @@ from harness.record import utc_now
 from harness.rundir import RunDir
 from harness.sweep import index
 from harness.sweep.plan import PlannedRun, plan
-from harness.sweep.runner import dependency_problem, prepare_run_dir, run_dir, select, summary_line, sweep_info
+from harness.sweep.runner import dependency_problem, prepare_run_dir, run_dir, select, sweep_exit, sweep_info
 from harness.sweep.spec import SweepSpec, parse_spec
 
 PACK_LOGS = "pack"  # RESULTS/pack/<launch>.log: the packed job's own output (each point logs in its run folder)
@@ -174,13 +174,11 @@ def run_packed(
                                       allocation=allocation, srun_mpi=srun_mpi, poll_s=poll_s)
     except KeyboardInterrupt:
         bar.close()
-        print(summary_line(spec, results, counts, interrupted=True), file=out, flush=True)
-        return 130
+        return sweep_exit(spec, results, counts, out, interrupted=True)
     finally:
         restore()
         bar.close()
-    print(summary_line(spec, results, counts), file=out, flush=True)
-    return 0 if counts["failed"] == 0 else 1
+    return sweep_exit(spec, results, counts, out)
 
 
 def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRun], alone: set[str],

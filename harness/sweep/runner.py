@@ -155,13 +155,17 @@ def run_sweep(
         if run is not None:
             _line(bar, out, f"[{i}/{len(runs)}] {run.label} ({run.run_id}): interrupted")
         bar.close()
-        print(summary_line(spec, results, counts, interrupted=True), file=out, flush=True)
-        return 130
+        return sweep_exit(spec, results, counts, out, interrupted=True)
     finally:
         restore()
         bar.close()
-    print(summary_line(spec, results, counts), file=out, flush=True)
-    return 0 if counts["failed"] == 0 else 1
+    return sweep_exit(spec, results, counts, out)
+
+
+def sweep_exit(spec: SweepSpec, results: Path, counts: dict[str, int], out: IO[str], interrupted: bool = False) -> int:
+    """Print the sweep's summary line; its exit status: 130 interrupted, 1 when a run failed, else 0."""
+    print(summary_line(spec, results, counts, interrupted=interrupted), file=out, flush=True)
+    return 130 if interrupted else 0 if counts["failed"] == 0 else 1
 
 
 def _line(bar: Any, out: IO[str], text: str) -> None:
