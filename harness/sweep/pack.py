@@ -187,11 +187,44 @@ def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRu
     launch_id = uuid.uuid4().hex[:12]
     log = results / PACK_LOGS / f"{launch_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    groups = waves(todo, slots, alone)
     cmd = worker_command(results, slots, [r.run_id for r in todo], sorted(alone), launch_id, how["launcher"],
                          allocation=how["allocation"], srun_mpi=how["srun_mpi"])
-    limit = len(groups) * spec.timeout_s + START_SLACK_S
+    limit = len(waves(todo, slots, alone)) * spec.timeout_s + START_SLACK_S
     reported: set[str] = set()
+
+    def report() -> None:
+        """A line (and a count) for each point this launch has settled since the last call."""
+        runs = index.read_index(results).get("runs", {})
+        for run in todo:
+            entry = runs.get(run.run_id, {})
+            if run.run_id in reported or entry.get("launch") != launch_id or entry.get("status") in (None, "running", "pending"):
+                continue
+            reported.add(run.run_id)
+            status = entry["status"]
+            counts["ok" if status == "ok" else "failed"] += 1
+            detail = f" - {entry['error']}" if status != "ok" and entry.get("error") else ""
+            line(run, f"{status} in {entry.get('seconds', 0.0):.1f} s (packed, wave {entry.get('wave', '?')}){detail}")
+
+    try:
+        outcome = _watch(cmd, log, limit, report, how["poll_s"])
+    except KeyboardInterrupt:
+        _settle_in_flight(results, todo, launch_id, Outcome(130, 0.0), status="interrupted")
+        raise
+    report()
+    if outcome.exit_code == 0 and outcome.reason is None:
+        for run in [r for r in todo if r.run_id not in reported]:  # left alone by a job that ended well: should not happen
+            entry = launch.fail_unstarted(run_dir(results, run), "the packed job ended without running this point",
+                                          np_=run.np, annotate={"sweep": sweep_info(run, spec.name)})
+            index.set_run(results, run.run_id, label=run.label, launch=launch_id, **entry)
+            counts["failed"] += 1
+            line(run, "failed - the packed job ended without running this point")
+        return [], set()
+    return _after_crash(results, todo, alone, launch_id, outcome, log, report, reported)
+
+
+def _watch(cmd: list[str], log: Path, limit: float, report: Any, poll_s: float) -> Outcome:
+    """Run the packed job supervised in a thread, calling `report` every `poll_s` until it ends; on Ctrl-C,
+    SIGTERM (scancel) or a bug here, kill it before re-raising: the job must not outlive the sweep."""
     box: dict[str, Any] = {}
     stop, done = threading.Event(), threading.Event()
 
@@ -205,43 +238,23 @@ def _one_launch(spec: SweepSpec, results: Path, slots: int, todo: list[PlannedRu
         finally:
             done.set()
 
-    def report() -> None:
-        runs = index.read_index(results).get("runs", {})
-        for run in todo:
-            entry = runs.get(run.run_id, {})
-            if run.run_id in reported or entry.get("launch") != launch_id or entry.get("status") in (None, "running", "pending"):
-                continue
-            reported.add(run.run_id)
-            status = entry["status"]
-            counts["ok" if status == "ok" else "failed"] += 1
-            detail = f" - {entry['error']}" if status != "ok" and entry.get("error") else ""
-            line(run, f"{status} in {entry.get('seconds', 0.0):.1f} s (packed, wave {entry.get('wave', '?')}){detail}")
-
-    thread = threading.Thread(target=job, daemon=True)
-    thread.start()
+    threading.Thread(target=job, daemon=True).start()
     try:
-        while not done.wait(timeout=how["poll_s"]):
+        while not done.wait(timeout=poll_s):
             report()
-    except BaseException as exc:  # Ctrl-C, SIGTERM (scancel) or a bug here: the job must not outlive us
+    except BaseException:
         stop.set()
         # an Event, not thread.join(): a join that Ctrl-C interrupted returns at once the next time (CPython 3.11)
         while not done.wait(timeout=1.0):
             pass
-        if isinstance(exc, KeyboardInterrupt):
-            _settle_in_flight(results, todo, launch_id, Outcome(130, 0.0), status="interrupted")
         raise
-    report()
-    outcome: Outcome = box.get("outcome") or Outcome(None, 0.0, f"the packed job could not start: {box.get('error')}")
-    if outcome.exit_code == 0 and outcome.reason is None:
-        again = [r for r in todo if r.run_id not in reported]
-        for run in again:  # the job ended well, so the worker left these alone on purpose; should not happen
-            entry = launch.fail_unstarted(run_dir(results, run), "the packed job ended without running this point",
-                                          np_=run.np, annotate={"sweep": sweep_info(run, spec.name)})
-            index.set_run(results, run.run_id, label=run.label, launch=launch_id, **entry)
-            counts["failed"] += 1
-            line(run, "failed - the packed job ended without running this point")
-        return [], set()
-    # the job died: points it was running are run again, each alone, unless they already ran alone
+    return box.get("outcome") or Outcome(None, 0.0, f"the packed job could not start: {box.get('error')}")
+
+
+def _after_crash(results: Path, todo: list[PlannedRun], alone: set[str], launch_id: str, outcome: Outcome,
+                 log: Path, report: Any, reported: set[str]) -> tuple[list[PlannedRun], set[str]]:
+    """The job died: the points it was running run again, each alone, unless they already ran alone (then they
+    are the culprit and fail); the points it never reached run again as they were."""
     why = outcome.reason or launch.describe(outcome, None, _tail(log))
     in_flight = _in_flight(results, todo, launch_id)
     retry_alone = {rid for rid in in_flight if rid not in alone}
@@ -274,10 +287,11 @@ def _in_flight(results: Path, todo: list[PlannedRun], launch_id: str) -> set[str
 def _settle_in_flight(results: Path, runs: list[PlannedRun], launch_id: str, outcome: Outcome, *,
                       status: str | None = None, reason: str | None = None) -> None:
     in_flight = _in_flight(results, runs, launch_id)
+    entries = index.read_index(results).get("runs", {})
     for run in runs:
         if run.run_id in in_flight:
             folder = run_dir(results, run)
-            started = index.read_index(results)["runs"][run.run_id].get("started_s")
+            started = entries[run.run_id].get("started_s")
             seconds = time.time() - started if started else outcome.seconds
             entry = launch.settle(folder, Outcome(outcome.exit_code, seconds, reason), np_=run.np, status=status)
             index.set_run(results, run.run_id, launch=launch_id, **entry)
