@@ -349,26 +349,34 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> bool:
 def log_tail(run: RunDir, lines: int = TAIL_LINES) -> list[str]:
     """Last log lines of a run: the launcher's log (all ranks), else rank 0's stderr, else its stdout."""
     for path in (run.launcher_log, run.rank_log(0, "stderr"), run.rank_log(0, "stdout")):
-        text = _read_end(path)
-        if text.strip():
-            out = []
-            for line in text.split("\n"):
-                states = [s.rstrip() for s in line.split("\r") if s.strip()]  # tqdm redraws with '\r'
-                if states:
-                    out.append(states[-1])
-            return out[-lines:]
+        tail = file_tail(path, lines)
+        if tail:
+            return tail
     return []
 
 
-def _read_end(path: Path, limit: int = 64 * 1024) -> str:
+def file_tail(path: Path, lines: int = TAIL_LINES, limit: int = 64 * 1024) -> list[str]:
+    """The last non-blank lines of a log, as a terminal would show them (a tqdm bar's '\r' redraws collapsed to
+    the last state); only its last `limit` bytes are read (a huge log costs nothing), and the line they cut
+    into is left out. [] if unreadable."""
     try:
         with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", "replace")
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - limit - 1))
+            data = fh.read()
     except OSError:
-        return ""
+        return []
+    if size > limit:  # the byte before the window says whether its first line is whole
+        before, data = data[:1], data[1:]
+        if before != b"\n":
+            data = data.partition(b"\n")[2]
+    text = data.decode("utf-8", "replace")
+    out = []
+    for line in text.split("\n"):
+        states = [s.rstrip() for s in line.split("\r") if s.strip()]
+        if states:
+            out.append(states[-1])
+    return out[-lines:]
 
 
 _HVD_FIRST = re.compile(r"first process to do so was:\s*Process name: (\S+)\s*Exit code: (-?\d+)", re.S)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -104,8 +105,9 @@ def test_prepare_runs_out_of_space_mid_work(tmp_path, tmpfs, workers):
     assert {cid: (store / "cases" / cid / "flair.npy").stat().st_mtime_ns for cid in listed} == done
 
 
+STEPS = 6  # per epoch; checkpoints are named by step: ckpt-6, ckpt-12, ckpt-18
 TRAIN = ["train", "--synthetic", "--crop", "32", "32", "32", "--base-filters", "8", "--depth", "3", "--epochs", "3",
-         "--steps-per-epoch", "2", "--threads", "1"]
+         "--steps-per-epoch", str(STEPS), "--threads", "1"]
 
 
 def _latest(ckpt: Path) -> str | None:
@@ -117,40 +119,48 @@ def _latest(ckpt: Path) -> str | None:
     return found.group(1) if found else None
 
 
+def _bytes(paths) -> int:
+    return sum(f.stat().st_size for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+
 @pytest.mark.slow
 def test_checkpoint_save_on_full_disk_fails_whole_and_resumes(tmp_path, tmpfs):
     disk = tmpfs("64m")
     out, ckpt, filler = disk / "run", disk / "run" / "checkpoints", disk / "filler"
+    first, second = f"ckpt-{STEPS}", f"ckpt-{2 * STEPS}"
     logs = tmp_path / "stderr.txt"  # off the small disk, and no pipe to fill while the test waits
     with open(logs, "w") as err:
         proc = subprocess.Popen(bratsbench_cmd(*TRAIN, "--out", str(out)), env=proc_env(), stdout=subprocess.DEVNULL,
                                 stderr=err)
         try:
             deadline = time.monotonic() + 300
-            while _latest(ckpt) != "ckpt-2":  # the first checkpoint is complete and recorded
+            while _latest(ckpt) != first:  # the first checkpoint is complete and recorded
                 assert proc.poll() is None and time.monotonic() < deadline, logs.read_text()
                 time.sleep(0.02)
-            # fill the disk but half a checkpoint: the record still fits, the next checkpoint does not
-            size = sum(p.stat().st_size for p in ckpt.glob("ckpt-2.*"))
+            # Frozen while the disk fills, so nothing the run writes meanwhile races the filler. Fill it but half
+            # of what the next checkpoint still needs: the record still fits, the checkpoint does not.
+            os.kill(proc.pid, signal.SIGSTOP)
+            size = _bytes(ckpt.glob(f"{first}.*"))
+            begun = _bytes(ckpt.glob(f"{second}*"))  # nothing, unless epoch 2 ended before the stop
             st = os.statvfs(disk)
             with open(filler, "wb") as fh:
-                fh.write(b"\0" * (st.f_bavail * st.f_frsize - size // 2))
+                fh.write(b"\0" * (st.f_bavail * st.f_frsize - max(size - begun, 0) // 2))
+            os.kill(proc.pid, signal.SIGCONT)
             proc.wait(timeout=300)
         finally:
             proc.kill()
             proc.wait()
     assert proc.returncode == 1, logs.read_text()
     line = _no_space_line(logs.read_text())
-    failed_at = int(re.match(rf"bratsbench: error: {re.escape(str(ckpt))}/ckpt-(\d+): ", line).group(1))
-    assert failed_at in (4, 6)  # 4 unless epoch 2 ended before the filler was written
+    assert re.match(rf"bratsbench: error: {re.escape(str(ckpt / second))}: ", line), line
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "failed" and "No space left on device" in record["error"]
-    leftovers = [p.name for p in ckpt.iterdir() if "temp" in p.name or p.name.startswith((f"ckpt-{failed_at}.", "checkpoint."))]
+    leftovers = [p.name for p in ckpt.iterdir() if "temp" in p.name or p.name.startswith((f"{second}.", "checkpoint."))]
     assert leftovers == []
-    assert _latest(ckpt) == f"ckpt-{failed_at - 2}"
+    assert _latest(ckpt) == first
 
     filler.unlink()
     run(bratsbench_cmd(*TRAIN, "--resume", "--out", str(out)))
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and [h["epoch"] for h in record["history"]] == [1, 2, 3]
-    assert record["extra"]["resumes"] == 1 and _latest(ckpt) == "ckpt-6"
+    assert record["extra"]["resumes"] == 1 and _latest(ckpt) == f"ckpt-{3 * STEPS}"

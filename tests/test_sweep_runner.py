@@ -22,7 +22,7 @@ from harness.errors import UserError
 from harness.record import atomic_write_json
 from harness.sweep import index
 from harness.sweep.plan import plan
-from harness.launch import Outcome, is_rank_process, settle, supervise
+from harness.launch import Outcome, file_tail, is_rank_process, settle, supervise
 from harness.sweep.runner import prepare_run_dir, run_sweep, select, sweep_info
 from harness.sweep.spec import parse_spec
 from tests.conftest import bratsbench_cmd, proc_env
@@ -105,6 +105,27 @@ def test_is_rank_process_tells_ranks_from_launchers(tmp_path):
 
 
 # --- records ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, lines, expected", [
+    ("a\n\n  \nb\n", 5, ["a", "b"]),                      # blank lines are not shown
+    ("x\nbar 1%\rbar 50%\rbar 99%\n", 1, ["bar 99%"]),    # a progress bar's redraws: its last state
+    ("".join(f"line {i}\n" for i in range(100_000)), 2, ["line 99998", "line 99999"]),
+    ("", 3, []),
+])
+def test_file_tail(tmp_path, text, lines, expected):
+    log = tmp_path / "log"
+    log.write_text(text)
+    assert file_tail(log, lines) == expected
+    assert file_tail(tmp_path / "missing", lines) == []
+
+
+def test_file_tail_reads_only_the_end(tmp_path):
+    log = tmp_path / "log"
+    with open(log, "wb") as fh:  # 20 MB of one line (not even UTF-8), then the lines that matter
+        fh.write(b"\xff" * 20_000_000 + b"\nsecond\nthird\n")
+    assert file_tail(log, 10, limit=len("xx\nsecond\nthird\n")) == ["second", "third"]  # not the cut "xx"
+    assert file_tail(log, 10, limit=len("third\n")) == ["third"]  # exactly the last line: nothing cut
 
 
 def test_settle_tells_the_truth(tmp_path):

@@ -255,7 +255,7 @@ def _after_crash(results: Path, todo: list[PlannedRun], alone: set[str], launch_
                  log: Path, report: Any, reported: set[str]) -> tuple[list[PlannedRun], set[str]]:
     """The job died: the points it was running run again, each alone, unless they already ran alone (then they
     are the culprit and fail); the points it never reached run again as they were."""
-    why = outcome.reason or launch.describe(outcome, None, _tail(log))
+    why = outcome.reason or launch.describe(outcome, None, launch.file_tail(log))
     in_flight = _in_flight(results, todo, launch_id)
     retry_alone = {rid for rid in in_flight if rid not in alone}
     blame = [r for r in todo if r.run_id in in_flight and r.run_id in alone]
@@ -269,13 +269,6 @@ def _after_crash(results: Path, todo: list[PlannedRun], alone: set[str], launch_
             index.set_run(results, run.run_id, status="pending", label=run.label,
                           error=f"the packed job died while it ran ({why}); running it again alone")
     return again, (alone & {r.run_id for r in again}) | retry_alone
-
-
-def _tail(log: Path) -> list[str]:
-    try:
-        return log.read_text(errors="replace").splitlines()[-launch.TAIL_LINES:]
-    except OSError:
-        return []
 
 
 def _in_flight(results: Path, todo: list[PlannedRun], launch_id: str) -> set[str]:

@@ -108,7 +108,7 @@ def _one(run: StudyRun, prefix: str, dep: dict[str, Any] | None, np_: int, timeo
         if code != 0:
             report(f"{prefix}: test evaluation FAILED; see {folder.evaluate_log}")
             return {"status": "failed", "exit_code": code, "folder": str(folder),
-                    "error": "test evaluation failed: " + " | ".join(_tail_lines(folder.evaluate_log))}
+                    "error": "test evaluation failed: " + " | ".join(launch.file_tail(folder.evaluate_log, 5))}
         record = folder.read_record() or {}
     test = (record.get("metrics") or {}).get("test", {}).get("mean", {})
     dice = " ".join(f"{r}={test[f'{r}_dice']:.3f}" for r in REGIONS if f"{r}_dice" in test)
@@ -120,10 +120,3 @@ def _one(run: StudyRun, prefix: str, dep: dict[str, Any] | None, np_: int, timeo
 
 def _cores(cpus: list[int]) -> str:
     return ",".join(map(str, cpus))
-
-
-def _tail_lines(path, n: int = 5) -> list[str]:
-    try:
-        return [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-n:]
-    except OSError:
-        return []
