@@ -75,6 +75,18 @@ def _text(value: Any) -> Any:
     return value
 
 
+def engine_label(record: dict[str, Any]) -> str:
+    """"horovod/mpi", "horovod/gloo", "mwms/ring", "mpi/mpi"...: an engine and what carried its collectives, the
+    pair a communication baseline must match. Records from before `engine.transport` existed: Horovod's follows
+    the launcher (Gloo under horovodrun, MPI otherwise) where the record names one, else the engine alone."""
+    engine = record.get("engine") or {}
+    name = engine.get("name") or "?"
+    transport = engine.get("transport")
+    if transport is None and name == "horovod" and (record.get("comm") or {}).get("launcher"):
+        transport = "gloo" if record["comm"]["launcher"] == "horovodrun" else "mpi"
+    return f"{name}/{transport}" if transport else name
+
+
 def flatten(record: dict[str, Any]) -> dict[str, Any]:
     """One row of the fields the tables use (missing values are None)."""
     cfg = record.get("config") or {}

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis import plots, tables, transfer
-from analysis.records import load_records, run_dir
+from analysis.records import engine_label, load_records, run_dir
 from harness.errors import UserError
 from harness.outdir import ensure_output_dir
 from harness.rundir import RECORD, RunDir
@@ -204,14 +204,20 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
 
 
 def _baseline_for(record: dict, comm: list[dict]) -> Any:
-    """This machine's measured allreduce baseline for a run: a comm record of the run's engine at its rank count,
-    else raw MPI's at that rank count; None without one."""
+    """This machine's measured allreduce baseline for a run: a comm record of the run's engine over the same
+    transport (Horovod over MPI and over Gloo differ 5x here) at its rank count, else of its engine over any
+    transport when the run's record does not say which, else raw MPI's; None without one."""
     from analysis import scaling_model as sm
 
-    n, engine = record.get("world_size") or 1, (record.get("engine") or {}).get("name")
-    for want in (engine, "mpi"):
+    n, label = record.get("world_size") or 1, engine_label(record)
+    engine = (record.get("engine") or {}).get("name")
+    wants = [lambda c: engine_label(c) == label]
+    if label == engine:  # an older record: its transport is unknown
+        wants.append(lambda c: (c.get("engine") or {}).get("name") == engine)
+    wants.append(lambda c: (c.get("engine") or {}).get("name") == "mpi")
+    for want in wants:
         for c in comm:
-            if c.get("world_size") == n and (c.get("engine") or {}).get("name") == want \
+            if c.get("world_size") == n and want(c) \
                     and (c.get("comm") or {}).get("fusion_bytes") != 0 and ((c.get("comm") or {}).get("tensors") or 1) == 1:
                 link = sm.measured_interconnect(c)
                 if link is not None:

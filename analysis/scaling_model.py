@@ -156,7 +156,9 @@ def measured_interconnect(record: dict[str, Any]) -> Interconnect | None:
     (lat, inv_bw), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
     if inv_bw <= 0:  # no bandwidth term left: take the best bus bandwidth measured
         inv_bw = 1.0 / max(r["busbw_gb_s"] * 1e9 for r in rows)
-    engine = (record.get("engine") or {}).get("name") or "?"
+    from analysis.records import engine_label
+
+    engine = engine_label(record)
     hosts = ", ".join(record.get("hosts") or []) or "?"
     return Interconnect(f"measured: {engine}, np={n} on {hosts}", float(1.0 / inv_bw / 1e9), float(max(0.0, lat) * 1e6),
                         source="bratsbench comm")

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.records import PHASES, SETTINGS, frame, settings_label, varying
+from analysis.records import PHASES, SETTINGS, engine_label, frame, settings_label, varying
 from harness.config import HEAD_ONLY
 
 COST_KEYS = (*SETTINGS, "freeze_depth")  # what must agree for two runs' step times to be comparable
@@ -282,9 +282,8 @@ def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 def _comm_label(record: dict) -> str:
     c = record.get("comm") or {}
-    label = (record.get("engine") or {}).get("name") or "?"
-    if label == "horovod":  # its transport follows the launcher: Gloo under horovodrun, MPI under mpirun / srun
-        label += "/gloo" if c.get("launcher") == "horovodrun" else "/mpi"
+    name = (record.get("engine") or {}).get("name")
+    label = engine_label(record) if name in ("horovod", "mwms") else name or "?"  # raw MPI needs no "/mpi"
     if c.get("fusion_bytes") == 0:
         label += " (no fusion)"
     if (c.get("tensors") or 1) > 1:

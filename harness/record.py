@@ -9,6 +9,8 @@ Schema (version 1), top-level keys:
   config          the whole RunConfig as a dict
   versions        python, tensorflow, horovod, numpy, bratsbench
   git_commit      str|null; hosts [str per rank]; world_size int
+  engine          name (horovod | mwms | local | mpi), version, transport (mpi | gloo | nccl | ring | null):
+                  what carried the collectives, which a communication baseline must match
   model           params_total, params_trainable, frozen_levels, forward_gflops_per_sample,
                   train_gflops_per_sample, first_conv (how input weights were initialised)
   timing          steps, warmup_steps, step_time_mean_s, p50/p90/p99, input_wait_share, throughput_samples_s,

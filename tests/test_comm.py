@@ -99,9 +99,10 @@ def _comm(tmp_path: Path, backend: str, *extra: str) -> dict:
     return json.loads((out / "record.json").read_text())
 
 
-def _check(record: dict, backend: str, ops: tuple[str, ...]) -> None:
+def _check(record: dict, backend: str, ops: tuple[str, ...], transport: str) -> None:
     assert record["kind"] == "comm" and record["status"] == "ok" and record["world_size"] == 2
     assert record["engine"]["name"] == backend and record["hosts"]
+    assert record["engine"]["transport"] == transport  # what its baseline is matched on
     rows = record["comm"]["rows"]
     sizes = measure.sizes(8, 64 * 1024)
     assert [(r["op"], r["bytes"]) for r in rows] == [(op, b) for op in ops for b in sizes]
@@ -117,14 +118,14 @@ def mpi_record(tmp_path_factory):
 
 
 def test_raw_mpi_under_mpirun(mpi_record):
-    _check(mpi_record, "mpi", measure.OPS)
+    _check(mpi_record, "mpi", measure.OPS, "mpi")
     assert "Open MPI" in mpi_record["engine"]["version"] or "MPICH" in mpi_record["engine"]["version"]
 
 
 @pytest.mark.horovod
 def test_horovod_under_horovodrun_without_fusion_and_the_analysis(mpi_record, tmp_path, cli):
     record = _comm(tmp_path, "horovod", "--no-fusion")
-    _check(record, "horovod", measure.OPS)
+    _check(record, "horovod", measure.OPS, "gloo")  # horovodrun --gloo
     assert record["comm"]["fusion_bytes"] == 0 and record["comm"]["launcher"] == "horovodrun"
     results = tmp_path / "results"
     (results / "mpi").mkdir(parents=True)
@@ -144,7 +145,7 @@ def test_horovod_under_horovodrun_without_fusion_and_the_analysis(mpi_record, tm
 @pytest.mark.mwms
 def test_mwms_allreduce_and_allgather_under_our_launcher(tmp_path):
     record = _comm(tmp_path, "mwms")
-    _check(record, "mwms", ("allreduce", "allgather"))  # MWMS has no broadcast collective
+    _check(record, "mwms", ("allreduce", "allgather"), "ring")  # MWMS has no broadcast collective
     # TensorFlow spends a sleeping thread per collective on MWMS's timeout: the baseline runs without one
     assert record["comm"]["mwms_collective_timeout_s"] is None
 

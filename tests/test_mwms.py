@@ -81,7 +81,7 @@ def test_launched_workers_train_identical_replicas_with_per_rank_logs(tmp_path):
     result = run(launch_cmd(2, "train", *SMALL, "--epochs", "2", "--batch-size", "2", "--out", str(out),
                             logs=str(out / "logs")))
     record = json.loads((out / "record.json").read_text())
-    assert record["status"] == "ok" and record["engine"]["name"] == "mwms"
+    assert record["status"] == "ok" and record["engine"]["name"] == "mwms" and record["engine"]["transport"] == "ring"
     assert record["config"]["train"]["backend"] == "mwms"  # resolved from TF_CONFIG and recorded
     assert record["world_size"] == 2 and len(record["hosts"]) == 2
     sums = record["model"]["replica_checksums"]

@@ -79,7 +79,8 @@ def test_bad_inputs_are_refused(make, needle):
         make()
 
 
-def _comm_record(link: sm.Interconnect, n: int, sizes, engine: str = "mpi", noise: float = 0.0) -> dict:
+def _comm_record(link: sm.Interconnect, n: int, sizes, engine: str = "mpi", noise: float = 0.0,
+                 transport: str | None = None) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -88,7 +89,7 @@ def _comm_record(link: sm.Interconnect, n: int, sizes, engine: str = "mpi", nois
         t = (sm.allreduce_s(n, b, link) or 1e-6) * (1 + noise * rng.uniform(-1, 1))
         rows.append({"op": "allreduce", "bytes": b, "time_us": t * 1e6, "busbw_gb_s": b / t * 2 * (n - 1) / n / 1e9})
     rows.append({"op": "broadcast", "bytes": 8, "time_us": 1e9, "busbw_gb_s": 1e-9})  # other ops are ignored
-    return {"kind": "comm", "world_size": n, "engine": {"name": engine}, "hosts": ["h"],
+    return {"kind": "comm", "world_size": n, "engine": {"name": engine, "transport": transport}, "hosts": ["h"],
             "comm": {"rows": rows, "fusion_bytes": None, "tensors": 1}}
 
 
@@ -118,3 +119,34 @@ def test_the_report_predicts_a_run_on_the_baseline_of_its_engine_and_rank_count(
     mwms = _baseline_for({"world_size": 2, "engine": {"name": "mwms"}}, comm)  # none of its own at np=2: raw MPI's
     assert mwms.busbw_gb_s == pytest.approx(0.5) and "mpi" in mwms.name
     assert _baseline_for({"world_size": 8, "engine": {"name": "horovod"}}, comm) is None
+
+
+def test_a_run_is_predicted_on_the_baseline_of_its_own_transport():
+    from analysis.report import _baseline_for
+
+    gloo, mpi = sm.Interconnect("gloo", 0.4, 500.0), sm.Interconnect("mpi", 4.0, 40.0)
+    sizes = [8, 2**20, 2**26]
+    comm = [_comm_record(gloo, 2, sizes, "horovod", transport="gloo"), _comm_record(mpi, 2, sizes, "horovod", transport="mpi")]
+    for transport, link in (("gloo", gloo), ("mpi", mpi)):
+        got = _baseline_for({"world_size": 2, "engine": {"name": "horovod", "transport": transport}}, comm)
+        assert got.busbw_gb_s == pytest.approx(link.busbw_gb_s) and f"horovod/{transport}" in got.name
+    # a transport without a baseline of its own falls to raw MPI's, not to the other transport's
+    nccl = _baseline_for({"world_size": 2, "engine": {"name": "horovod", "transport": "nccl"}},
+                         [*comm, _comm_record(sm.Interconnect("raw", 8.0, 10.0), 2, sizes, "mpi", transport="mpi")])
+    assert nccl.busbw_gb_s == pytest.approx(8.0)
+    # an older record that does not say: its engine's first baseline
+    assert _baseline_for({"world_size": 2, "engine": {"name": "horovod"}}, comm).busbw_gb_s == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("record, label", [
+    ({"engine": {"name": "horovod", "transport": "mpi"}}, "horovod/mpi"),
+    ({"engine": {"name": "mwms", "transport": "ring"}}, "mwms/ring"),
+    ({"engine": {"name": "horovod"}, "comm": {"launcher": "horovodrun"}}, "horovod/gloo"),  # before transport
+    ({"engine": {"name": "horovod"}, "comm": {"launcher": "mpirun"}}, "horovod/mpi"),
+    ({"engine": {"name": "horovod"}}, "horovod"),  # a training record from before: unknown
+    ({}, "?"),
+])
+def test_engine_label(record, label):
+    from analysis.records import engine_label
+
+    assert engine_label(record) == label

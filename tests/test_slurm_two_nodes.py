@@ -158,6 +158,7 @@ def test_emitted_two_node_task_runs_one_rank_per_node(slurm_two_nodes, tmp_path,
     record = _records(results, [rid]).get(rid, {})
     assert states[rid] == "ok" and record.get("status") == "ok", _context(cluster, jobs, results)
     assert record["engine"]["name"] == backend
+    assert record["engine"]["transport"] == {"horovod": "mpi", "mwms": "ring"}[backend]  # srun --mpi=pmix; gRPC ring
     assert record["world_size"] == 2
     assert record["hosts"] == ["node1", "node2"]
     checksums = record["model"]["replica_checksums"]

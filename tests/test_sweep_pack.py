@@ -16,7 +16,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.sweep import index
-from harness.sweep.pack import check_packable, waves
+from harness.sweep.pack import waves
 from harness.sweep.plan import plan
 from harness.sweep.spec import parse_spec
 from tests.conftest import bratsbench_cmd, proc_env

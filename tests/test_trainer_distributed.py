@@ -45,6 +45,7 @@ def test_horovodrun_train_ranks_hold_identical_weights(tmp_path):
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok"
     assert record["world_size"] == 2 and len(record["hosts"]) == 2
+    assert record["engine"]["name"] == "horovod" and record["engine"]["transport"] == "gloo"  # horovodrun --gloo
     sums = record["model"]["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert [h["epoch"] for h in record["history"]] == [1, 2]
@@ -65,5 +66,6 @@ def test_mpirun_train_ranks_agree(tmp_path):
     run([mpirun, "-np", "2", "--oversubscribe", *root, *bratsbench_cmd("train", *SMALL, "--epochs", "1", "--out", str(out))])
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and record["world_size"] == 2
+    assert record["engine"]["transport"] == "mpi"
     sums = record["model"]["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]

@@ -22,8 +22,6 @@ def _records(study: Path) -> dict[str, dict]:
 
 def _level_weights(run_dir: Path, levels: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Checkpointed weights of the layers in `levels`, keyed by layer name."""
-    import tensorflow as tf
-
     from harness.model.pretrained import load_run_model
 
     model, _ = load_run_model(run_dir)

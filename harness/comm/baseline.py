@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness.comm import measure
@@ -175,7 +174,8 @@ def rank_main(opts: CommOptions) -> int:
         record = new_record({"comm": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}},
                             kind="comm")
         record.update(status="ok", exit_code=0, finished_at=utc_now(), world_size=backend.size,
-                      engine={"name": opts.backend, "version": version}, hosts=hosts)
+                      engine=engine.describe() if engine is not None else
+                      {"name": opts.backend, "version": version, "transport": "mpi"}, hosts=hosts)
         record["comm"] = {"rows": [asdict(r) for r in rows], "gradient_bytes": opts.gradient_bytes,
                           "fusion_bytes": fusion_bytes(opts), "tensors": opts.tensors, "launcher": opts.launcher,
                           "horovod_cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]) if opts.backend == "horovod" else None,

@@ -81,6 +81,14 @@ class Engine(abc.ABC):
     def version(self) -> str | None:
         return None
 
+    def transport(self) -> str | None:
+        """What carries this engine's collectives (after init): e.g. "mpi", "gloo", "nccl", "ring"; None alone."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """The record's `engine` field: which engine, which release, over what (a baseline must match all three)."""
+        return {"name": self.name, "version": self.version(), "transport": self.transport()}
+
     def scope(self) -> ContextManager[Any]:
         """Where the model and optimizer variables must be created."""
         return contextlib.nullcontext()

@@ -53,6 +53,12 @@ class HorovodEngine(Engine):
 
         return horovod.__version__
 
+    def transport(self) -> str | None:
+        # GPU tensors go over NCCL where Horovod has it; CPU tensors over the controller's own transport
+        if self.world.gpus and self.hvd.nccl_built():
+            return "nccl"
+        return "gloo" if self.hvd.gloo_enabled() else "mpi" if self.hvd.mpi_enabled() else None
+
     def reduce_gradients(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
         if self.world.size == 1:
             return grads

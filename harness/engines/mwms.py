@@ -198,6 +198,9 @@ class MWMSEngine(Engine):
     def version(self) -> str | None:
         return tf.__version__
 
+    def transport(self) -> str | None:
+        return "nccl" if self.world.gpus else "ring"  # the CommunicationImplementation init chose
+
     def scope(self) -> Any:
         return self.strategy.scope()
 

@@ -106,7 +106,7 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
 def _start_record(cfg: RunConfig, engine: Engine, writer: RunWriter) -> dict[str, Any]:
     record = new_record(cfg.to_dict())
     record["extra"].update(cfg.tags)
-    record["engine"] = {"name": engine.name, "version": engine.version()}
+    record["engine"] = engine.describe()
     record["world_size"] = engine.world.size
     record["hosts"] = engine.hostnames()
     if cfg.train.resume:  # keep the learning curve of the epochs done before the interruption
