@@ -356,8 +356,8 @@ def log_tail(run: RunDir, lines: int = TAIL_LINES) -> list[str]:
 
 
 def file_tail(path: Path, lines: int = TAIL_LINES, limit: int = 64 * 1024) -> list[str]:
-    """The last non-blank lines of a log, as a terminal would show them (a tqdm bar's '\r' redraws collapsed to
-    the last state); only its last `limit` bytes are read (a huge log costs nothing), and the line they cut
+    """The last non-blank lines of a log, as a terminal would show them (a tqdm bar's carriage-return redraws
+    collapsed to the last state); only its last `limit` bytes are read (a huge log costs nothing), and the line they cut
     into is left out. [] if unreadable."""
     try:
         with open(path, "rb") as fh:
