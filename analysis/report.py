@@ -141,7 +141,7 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
         return s
     from tqdm import tqdm
 
-    summaries, steps, ops, phases, ranks = [], [], [], [], []
+    summaries, steps, ops, op_types, phases, ranks = [], [], [], [], [], []
     bar = tqdm(total=sum(len(p[2]) for p in profiled), desc="profiles", unit="rank", file=sys.stderr)
     try:
         for record, folder, captures in profiled:
@@ -160,13 +160,14 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
             summaries.append(summary)
             for rank, xplane in captures.items():
                 try:
-                    t = traces.top_ops(xplane, top)
+                    by_name, by_type = traces.top_ops(xplane, top), traces.top_op_types(xplane, top)
                 except (RuntimeError, OSError, KeyError, ValueError) as exc:
                     s.notes.append(f"{xplane}: no op table ({exc})")
                     continue
-                t.insert(0, "rank", rank)
-                t.insert(0, "run", name)
-                ops.append(t)
+                for t, into in ((by_name, ops), (by_type, op_types)):
+                    t.insert(0, "rank", rank)
+                    t.insert(0, "run", name)
+                    into.append(t)
             listed = _tensorboard_check(traces, folder, captures)
             if listed:
                 s.notes.append(listed)
@@ -194,6 +195,9 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
     if ops:
         all_ops = tables.concat(ops)
         _write(all_ops, out, "profile_top_ops", s, f"top {top} ops by self time per rank", all_ops.assign(share=all_ops["share"].round(3)))
+        all_types = tables.concat(op_types)
+        _write(all_types, out, "profile_top_op_types", s, f"top {top} op types by self time per rank (summed over ops)",
+               all_types.assign(share=all_types["share"].round(3)))
     if phases:
         _write(tables.concat(phases), out, "timeline_phases", s,
                "Horovod timeline (written by rank 0): time per phase summed over tensors, which overlap")

@@ -358,18 +358,44 @@ def plugin_step_times(xplane: str | Path) -> dict[int, float]:
     return out
 
 
-def top_ops(xplane: str | Path, n: int = 10) -> pd.DataFrame:
-    """The ops with the most self time in the capture (the plugin's TF-stats table), IDLE left out."""
+def _op_self_times(xplane: str | Path) -> pd.DataFrame:
+    """The plugin's TF-stats rows with IDLE left out and self time as float microseconds."""
     table = op_stats_table(_op_stats_csv(xplane))
     table = table[table["type"] != "IDLE"]
-    self_us = table["total_self_time"].astype(float)
+    return table.assign(occurrences=table["occurrences"].astype(int), self_us=table["total_self_time"].astype(float))
+
+
+def top_ops(xplane: str | Path, n: int = 10) -> pd.DataFrame:
+    """The ops with the most self time in the capture (the plugin's TF-stats table), IDLE left out."""
+    table = _op_self_times(xplane)
+    total = table["self_us"].sum()
     out = pd.DataFrame({
         "name": table["operation"],
         "type": table["type"],
         "where": table["host_or_device"],
-        "count": table["occurrences"].astype(int),
-        "self_ms": self_us / 1e3,
-        "share": self_us / self_us.sum() if self_us.sum() > 0 else 0.0,
+        "count": table["occurrences"],
+        "self_ms": table["self_us"] / 1e3,
+        "share": table["self_us"] / total if total > 0 else 0.0,
+    })
+    return out.sort_values("self_ms", ascending=False).head(n).reset_index(drop=True)
+
+
+def top_op_types(xplane: str | Path, n: int = 10) -> pd.DataFrame:
+    """Self time summed per op type (every Conv3D of the model together, ...), most first.
+
+    The per-name table splits a small model's convolutions into one row per layer, each shorter than one
+    normalisation's elementwise op; summed by type they show what the step is made of."""
+    table = _op_self_times(xplane)
+    total = table["self_us"].sum()
+    grouped = (table.groupby(["type", "host_or_device"], as_index=False)
+               .agg(ops=("operation", "nunique"), count=("occurrences", "sum"), self_us=("self_us", "sum")))
+    out = pd.DataFrame({
+        "type": grouped["type"],
+        "where": grouped["host_or_device"],
+        "ops": grouped["ops"].astype(int),
+        "count": grouped["count"].astype(int),
+        "self_ms": grouped["self_us"] / 1e3,
+        "share": grouped["self_us"] / total if total > 0 else 0.0,
     })
     return out.sort_values("self_ms", ascending=False).head(n).reset_index(drop=True)
 

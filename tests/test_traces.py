@@ -219,15 +219,27 @@ def test_breakdown_sums_to_the_step_time(per_step, engine_run):
 
 
 @pytest.mark.slow
-def test_top_ops_name_the_convolutions(engine_run):
+def test_top_ops_name_the_model_and_types_sum_them(engine_run):
     for rank, xplane in traces.find_captures(engine_run[0]).items():
         ops = traces.top_ops(xplane, n=15)
         assert len(ops) == 15
         assert (ops["self_ms"] > 0).all() and (ops["count"] >= 1).all()
         assert list(ops["self_ms"]) == sorted(ops["self_ms"], reverse=True)
         assert 0 < ops["share"].sum() <= 1.0 + 1e-9
-        assert ops["type"].str.contains("Conv3D").any(), ops.to_string()
+        assert ops["name"].str.contains("unet3d/").any(), ops.to_string()  # the model's own layers, by name
         assert not ops["type"].eq("IDLE").any()
+
+        everything = traces.top_op_types(xplane, n=10_000)
+        assert everything["share"].sum() == pytest.approx(1.0)
+        assert everything["ops"].sum() == len(traces.top_ops(xplane, n=10_000))  # every op in exactly one type row
+        names = traces.top_ops(xplane, n=10_000)
+        for kind in set(everything.loc[:2, "type"]):
+            assert everything.set_index("type").loc[kind, "self_ms"].sum() == pytest.approx(
+                names.loc[names["type"] == kind, "self_ms"].sum())
+        top = traces.top_op_types(xplane, n=10)
+        assert list(top["self_ms"]) == sorted(top["self_ms"], reverse=True)
+        # forward and both backprops of the convolutions: the model's compute, summed over its layers
+        assert top["type"].str.contains("Conv3D").any(), top.to_string()
 
 
 @pytest.mark.slow
@@ -259,6 +271,8 @@ def test_analyze_reports_the_profile(profiled_run, cli):
     assert sorted(breakdown["rank"]) == [0, 1]
     ops = pd.read_csv(results / "analysis" / "profile_top_ops.csv")
     assert list(ops.groupby("rank").size()) == [5, 5]
+    types = pd.read_csv(results / "analysis" / "profile_top_op_types.csv")
+    assert list(types.groupby("rank").size()) == [5, 5] and (types["ops"] >= 1).all()
     assert (results / "analysis" / "profile_breakdown.png").read_bytes()[:4] == b"\x89PNG"
     assert "Profiler: step-time breakdown per rank" in stdout and "timeline_ranks" in (results / "analysis" / "report.md").read_text()
     model = pd.read_csv(results / "analysis" / "scaling_model.csv")
