@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
 import sys
@@ -41,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     Anything else is a bug and keeps its traceback.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of user output
+    # a native crash (TensorFlow's profiler has segfaulted a worker, tensorboard#3149) then leaves every thread's
+    # Python stack in the rank's log instead of nothing; the exit status is still the signal's
+    try:
+        faulthandler.enable()
+    except (AttributeError, OSError, RuntimeError, ValueError):  # stderr is not a file (called from Python)
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -159,11 +160,19 @@ def profiled_run(tmp_path_factory):
 def mwms_profiled_run(tmp_path_factory):
     """The same run with two MWMS workers (`bratsbench launch`): TensorFlow's collectives; a timeline asked for is
     refused with a warning (MWMS has none)."""
-    out = tmp_path_factory.mktemp("profiled-mwms") / "runs" / "np2"
-    result = run(bratsbench_cmd(
-        "launch", "--backend", "mwms", "-np", "2", "--", "train", "--synthetic", "--crop", "16", "16", "16",
-        "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4", "--benchmark", "--warmup", str(WARMUP),
-        "--bench-steps", str(BENCH), "--profile-steps", f"{PROFILED[0]}:{PROFILED[1]}", "--hvd-timeline", "--out", str(out)))
+    for attempt in (1, 2):
+        out = tmp_path_factory.mktemp("profiled-mwms") / "runs" / "np2"
+        result = run(bratsbench_cmd(
+            "launch", "--backend", "mwms", "-np", "2", "--", "train", "--synthetic", "--crop", "16", "16", "16",
+            "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4", "--benchmark", "--warmup", str(WARMUP),
+            "--bench-steps", str(BENCH), "--profile-steps", f"{PROFILED[0]}:{PROFILED[1]}", "--hvd-timeline",
+            "--out", str(out)), check=attempt == 2)
+        # TensorFlow 2.21's profiler segfaulted one worker once in ~20 such runs here (tensorboard#3149: a native
+        # crash, not ours; the run was recorded failed, as it should be). Once more, and only for that.
+        if result.returncode == 0 or "killed by SIGSEGV" not in result.stderr:
+            break
+        warnings.warn(f"profiled MWMS run: a worker was killed by SIGSEGV, running it again:\n{result.stderr[-600:]}")
+    assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and record["world_size"] == 2 and record["engine"]["name"] == "mwms"
     assert "the mwms engine has no timeline" in result.stdout + result.stderr and not (out / "timeline.json").exists()
