@@ -23,6 +23,7 @@ class World:
     local_size: int
     gpus: int
     threads: int
+    device: str = "CPU"  # where this rank's step runs: "CPU" or "GPU:<index among the devices TensorFlow lists>"
 
     @property
     def is_root(self) -> bool:
@@ -53,6 +54,11 @@ def visible_gpus(local_rank: int) -> int:
         except RuntimeError:  # devices already initialised in this process: keep them
             pass
     return len(gpus)
+
+
+def device_name(local_rank: int, gpus: int) -> str:
+    """The record's name of the device a rank's step runs on."""
+    return f"GPU:{local_rank % gpus}" if gpus else "CPU"
 
 
 def set_threads(threads: int | None, local_size: int) -> int:
@@ -141,5 +147,5 @@ class LocalEngine(Engine):
 
     def init(self, threads: int | None = None, timeline: bool = False) -> World:
         gpus = visible_gpus(0)
-        self.world = World(0, 1, 0, 1, gpus, set_threads(threads, 1))
+        self.world = World(0, 1, 0, 1, gpus, set_threads(threads, 1), device_name(0, gpus))
         return self.world

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from harness.engines.base import Engine, World, set_threads, visible_gpus
+from harness.engines.base import Engine, World, device_name, set_threads, visible_gpus
 
 CPU_CYCLE_TIME_MS = 5
 
@@ -45,7 +45,7 @@ class HorovodEngine(Engine):
         node_size = hvd.local_size() if self.node_size is None else self.node_size
         gpus = visible_gpus(node_rank)
         self.world = World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), gpus,
-                           set_threads(threads, node_size))
+                           set_threads(threads, node_size), device_name(node_rank, gpus))
         return self.world
 
     def version(self) -> str | None:

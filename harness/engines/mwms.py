@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from harness.engines.base import Engine, World, set_threads, visible_gpus
+from harness.engines.base import Engine, World, device_name, set_threads, visible_gpus
 from harness.errors import UserError
 
 # Collective timeout; "0" turns it off. TensorFlow enforces it with a thread per collective call that sleeps for
@@ -192,7 +192,7 @@ class MWMSEngine(Engine):
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"MultiWorkerMirroredStrategy could not start: {str(exc).splitlines()[0]}") from None
-        self.world = World(index, size, local_rank, local_size, gpus, n_threads)
+        self.world = World(index, size, local_rank, local_size, gpus, n_threads, device_name(local_rank, gpus))
         return self.world
 
     def version(self) -> str | None:
