@@ -90,13 +90,46 @@ def supervise(
 
 
 def _rank_lost(proc: subprocess.Popen, ranks: dict[int, psutil.Process], is_rank: Callable) -> bool:
-    """Track rank processes under `proc`; True once one of them has exited (or is a zombie)."""
+    """Track the job's ranks; True once one of them has exited (or is a zombie) while the job runs on.
+
+    A rank is the outermost rank-looking process of its branch: one the launcher started. Anything a rank starts
+    (git, a shell, a library's helper) is not a rank, although between fork and exec it still carries the rank's
+    command line; counting it made every short-lived child of a healthy rank look like a lost rank. Where the
+    launched process is itself the rank (one rank, no launcher), its exit ends the job and nothing is tracked."""
     try:
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            if child.pid not in ranks and is_rank(child):
-                ranks[child.pid] = child
+        root = psutil.Process(proc.pid)
+        if is_rank(root):
+            return False
+        descendants = root.children(recursive=True)
     except psutil.Error:
         return False
+    parents: dict[int, int] = {}
+    for child in descendants:
+        try:
+            parents[child.pid] = child.ppid()
+        except psutil.Error:
+            continue
+    looks_like_rank: dict[int, bool] = {}
+
+    def rank_like(pid: int, process: psutil.Process | None = None) -> bool:
+        if pid not in looks_like_rank:
+            looks_like_rank[pid] = pid in ranks or is_rank(process or psutil.Process(pid))
+        return looks_like_rank[pid]
+
+    for child in descendants:
+        if child.pid in ranks or child.pid not in parents:
+            continue
+        try:
+            if not rank_like(child.pid, child):
+                continue
+            ancestor = parents[child.pid]
+            while ancestor in parents and not rank_like(ancestor):  # up to the launched process (not a rank)
+                ancestor = parents[ancestor]
+            if ancestor in parents:  # a rank's own child, caught between fork and exec
+                continue
+        except psutil.Error:
+            continue
+        ranks[child.pid] = child
     for rank in ranks.values():
         try:
             if not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE:
