@@ -12,6 +12,7 @@ from typing import Sequence
 from harness import __version__
 from harness.commands import COMMANDS
 from harness.errors import UserError, os_error_line, print_error
+from harness.native_log import filter_native_stderr
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Anything else is a bug and keeps its traceback.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of user output
+    if argv is None:  # a real process (not a call from Python, whose stderr may be captured): its CUDA-probe noise
+        filter_native_stderr()
     # a native crash (TensorFlow's profiler has segfaulted a worker, tensorboard#3149) then leaves every thread's
     # Python stack in the rank's log instead of nothing; the exit status is still the signal's
     try:

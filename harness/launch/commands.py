@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.errors import UserError
+from harness.native_log import filtered_command
 
 
 LOCAL_LAUNCHERS = ("horovodrun", "mpirun", "mwms")  # start ranks on this machine (mwms: `bratsbench launch`)
@@ -22,9 +23,10 @@ def bratsbench_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "harness"]
 
 
-def _horovodrun() -> str:
+def _horovodrun() -> list[str]:
+    """horovodrun imports TensorFlow, so its own CUDA-probe lines are filtered out of the launcher log too."""
     exe = Path(sys.executable).parent / "horovodrun"
-    return str(exe) if exe.exists() else "horovodrun"
+    return filtered_command([str(exe) if exe.exists() else "horovodrun"])
 
 
 def allocation_hosts(tasks_per_node: int) -> str:
@@ -79,7 +81,7 @@ def launch_command(
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
         local = [] if allocation else ["--oversubscribe", *out]
         return ["mpirun", "-np", n, *root, *local, *cmd]
-    return [_horovodrun(), "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *out, *cmd]
+    return [*_horovodrun(), "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *out, *cmd]
 
 
 def launch_env(base: dict[str, str] | None = None) -> dict[str, str]:
