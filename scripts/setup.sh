@@ -17,7 +17,10 @@ HOROVOD_WHEELS=${HOROVOD_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/bratsbench/horo
 say() { printf '[setup] %s\n' "$*"; }
 pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 
-command -v "$PYTHON" >/dev/null 2>&1 || { echo "[setup] error: PYTHON=$PYTHON not found" >&2; exit 2; }
+source scripts/find-python.sh
+found=$(find_python "$PYTHON")
+[ -n "$found" ] || { echo "[setup] error: PYTHON=$PYTHON not found (nor under pyenv)" >&2; exit 2; }
+PYTHON=$found
 want=$(pyver "$PYTHON")
 case "$want" in
   3.11|3.12) REQS=requirements/py311-py312.txt; WITH_HOROVOD=1 ;;

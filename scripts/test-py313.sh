@@ -10,15 +10,12 @@ if [ -x "${VENV:-.venv}/bin/python" ] && [ "$("${VENV:-.venv}/bin/python" -c 'im
   echo "[test-py313] the main environment is already the Python 3.13 stack: nothing more to run"
   exit 0
 fi
-runs() { [ -n "$1" ] && "$1" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; }
-py=${PYTHON313:-}
-if ! runs "$py"; then
-  py=$(command -v python3.13 2>/dev/null || true)  # may be a pyenv shim for a version that is not active
-fi
-if ! runs "$py" && command -v pyenv >/dev/null 2>&1; then
-  py=$(ls "$(pyenv root)"/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -n 1 || true)
-fi
-if ! runs "$py"; then
+source scripts/find-python.sh
+py=""
+for candidate in "${PYTHON313:-}" python3.13; do
+  [ -n "$candidate" ] && [ -z "$py" ] && py=$(find_python "$candidate")
+done
+if [ -n "$py" ] && ! "$py" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1; then
   py=""
 fi
 if [ -z "$py" ]; then
