@@ -230,12 +230,14 @@ def _num(value: Any) -> float:
 
 def phases_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Where each run's wall time went (record.phases, from the process's start): start-up to the end of the first
-    step, training steps, validation, checkpoints, the rest; and the share spent in training steps."""
+    step, training steps, validation, checkpoints, the rest; and the share spent in training steps. `kind`:
+    benchmark points (a few timed steps: mostly start-up) or training runs."""
     df = frame(records)
     if df.empty or df["phase_wall_s"].isna().all():
-        return pd.DataFrame(columns=["run", "np", *PHASES])
+        return pd.DataFrame(columns=["run", "np", "kind", *PHASES])
     df = df[df["phase_wall_s"].notna()]
     view = df[["run", "np"]].copy()
+    view["kind"] = df["benchmark"].map({True: "benchmark", False: "training"})
     for key in PHASES:
         view[key] = df[f"phase_{key}"].astype(float)
     return view.sort_values("run", kind="stable").reset_index(drop=True)

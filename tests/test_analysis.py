@@ -135,18 +135,24 @@ def test_scaling_single_runs_have_no_ci_and_are_not_flagged():
 
 def test_phases_table_and_training_share(tmp_path, cli):
     recs = {}
-    for i, (first, steps) in enumerate(((12.0, 80.0), (20.0, 60.0))):
-        r = make_record(throughput=10.0)
+    # two training runs, and a benchmark point that is mostly start-up: never summarised together
+    for i, (first, steps, wall, bench) in enumerate(((12.0, 80.0, 100.0, False), (20.0, 60.0, 100.0, False),
+                                                     (9.0, 0.5, 10.0, True))):
+        r = make_record(throughput=10.0, benchmark=bench)
         r["name"] = f"run{i}"
-        r["phases"] = {"wall_s": 100.0, "to_first_step_s": first, "steps_s": steps, "validation_s": 5.0,
-                       "checkpoint_s": 1.0, "other_s": 100.0 - first - steps - 6.0, "train_share": steps / 100.0}
+        r["phases"] = {"wall_s": wall, "to_first_step_s": first, "steps_s": steps, "validation_s": 0.0 if bench else 5.0,
+                       "checkpoint_s": 0.0 if bench else 1.0, "train_share": steps / wall}
+        r["phases"]["other_s"] = wall - first - steps - r["phases"]["validation_s"] - r["phases"]["checkpoint_s"]
         recs[f"r{i}"] = r
     recs["old"] = make_record(throughput=10.0)  # a record from before phases: left out, not an error
     t = tables.phases_table(recs.values())
-    assert list(t["run"]) == ["run0", "run1"] and list(t["train_share"]) == [0.8, 0.6]
+    assert list(t["run"]) == ["run0", "run1", "run2"] and list(t["train_share"]) == [0.8, 0.6, 0.05]
+    assert list(t["kind"]) == ["training", "training", "benchmark"]
     code, out, err = cli("analyze", str(write_results(tmp_path / "res", recs)))
     assert code == 0, err
-    assert "training steps take a median 70% of a run's wall time (min 60%, max 80%, 2 runs); start-up a median 16.0 s" in out
+    assert ("training runs: training steps take a median 70% of the wall time (min 60%, max 80%, 2 runs); start-up a "
+            "median 16.0 s") in out
+    assert "benchmark runs: training steps take a median 5% of the wall time (min 5%, max 5%, 1 run)" in out
     assert (tmp_path / "res" / "analysis" / "phases.csv").is_file()
 
 

@@ -53,6 +53,8 @@ def test_record_says_where_the_wall_time_went(tmp_path):
     named = ("to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "input_setup_s", "bookkeeping_s", "other_s")
     assert sum(phases[k] for k in named) == pytest.approx(phases["wall_s"])
     assert phases["input_setup_s"] >= 0 and phases["bookkeeping_s"] > 0  # the end's checksums over ranks at least
+    assert all(phases[k] >= 0 for k in named)  # a partition: nothing counted twice (the pipeline built before the
+    # first step is start-up, not input_setup_s as well)
     assert phases["wall_s"] >= record["wall_s"]  # from the process's start, imports included
     windows = timing["window_throughputs_samples_s"]
     assert len(windows) == 3 and min(windows) <= timing["throughput_samples_s"] <= max(windows)

@@ -54,7 +54,9 @@ class StepTimer:
 @dataclass
 class Phases:
     """Wall time from this process's start (interpreter, imports, engine start) to now, by phase. The first step
-    counts as start-up: it traces and compiles the step function."""
+    counts as start-up: it traces and compiles the step function. The phases partition the wall time: whatever
+    happens before the first step ends (building the input pipeline, restoring a checkpoint) is start-up and
+    counted there only, so `other_s` is never negative."""
 
     process_start: float = field(default_factory=lambda: psutil.Process().create_time())
     first_step_end: float | None = None
@@ -64,6 +66,11 @@ class Phases:
     checkpoint_s: float = 0.0
     input_setup_s: float = 0.0  # building each epoch's input pipeline, outside the timed steps
     bookkeeping_s: float = 0.0  # per epoch: loss mean, record, log line; at the end: checksums over ranks
+
+    def add(self, phase: str, seconds: float) -> None:
+        """`seconds` spent in `phase` (validation_s, checkpoint_s, input_setup_s, bookkeeping_s)."""
+        if self.first_step_end is not None:
+            setattr(self, phase, getattr(self, phase) + seconds)
 
     def step(self, seconds: float) -> None:
         if self.first_step_end is None:

@@ -82,7 +82,7 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
         epoch_loop(session, cfg, engine, writer, record)
         t_finish = time.perf_counter()
         finish(session, cfg, engine, writer, record)
-        session.phases.bookkeeping_s += time.perf_counter() - t_finish  # checksums, timing and memory over ranks
+        session.phases.add("bookkeeping_s", time.perf_counter() - t_finish)  # checksums, timing and memory over ranks
         record["status"], record["exit_code"] = "ok", 0
     except KeyboardInterrupt:
         record["status"], record["exit_code"], record["error"] = "interrupted", 130, "interrupted"
@@ -230,7 +230,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
     s.spent_s = sum(h.get("train_s") or 0.0 for h in record["history"])
     t_setup = time.perf_counter()
     s.stream = _run_stream(s, tcfg.benchmark, start_epoch, done=0 if tcfg.benchmark else global_step - start_epoch * s.steps_per_epoch)
-    s.phases.input_setup_s += time.perf_counter() - t_setup
+    s.phases.add("input_setup_s", time.perf_counter() - t_setup)
     for epoch in range(start_epoch, s.epochs):
         if tcfg.unfreeze_after is not None and epoch >= tcfg.unfreeze_after and s.frozen_levels:
             unfreeze_all(s.model)
@@ -248,7 +248,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "train_s": float(np.sum(times)),  # in training steps (a time-to-target counts these, not validation)
             "params_trainable": count_params(s.model)["trainable"],
         }
-        s.phases.bookkeeping_s += time.perf_counter() - t_book
+        s.phases.add("bookkeeping_s", time.perf_counter() - t_book)
         s.since_val_s += entry["train_s"]
         # decided on the mean over ranks, so every rank validates (a collective) at the same epoch
         due = ((epoch + 1) % tcfg.validate_every == 0 if tcfg.validate_every_s is None
@@ -258,7 +258,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
             entry["val_s"] = time.perf_counter() - t_val
-            s.phases.validation_s += entry["val_s"]
+            s.phases.add("validation_s", entry["val_s"])
             entry["val"] = result["dice"]
             record["metrics"] = {"val": result["summary"], "val_cases": result["cases"]}
         record["history"].append(entry)
@@ -270,7 +270,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         t_book = time.perf_counter()
         writer.record(record)
         writer.epoch(entry)
-        s.phases.bookkeeping_s += time.perf_counter() - t_book
+        s.phases.add("bookkeeping_s", time.perf_counter() - t_book)
         if s.out_of_budget:
             break
     s.profiler.close()
@@ -324,7 +324,7 @@ def _over_budget(s: Session, tcfg: Any, step_s: float, engine: Engine) -> bool:
 def _checkpoint(s: Session, writer: RunWriter, step: int) -> None:
     t = time.perf_counter()
     writer.checkpoint(s.manager, step)
-    s.phases.checkpoint_s += time.perf_counter() - t
+    s.phases.add("checkpoint_s", time.perf_counter() - t)
 
 
 def _run_stream(s: Session, benchmark: bool, first_epoch: int, done: int) -> Iterator:
