@@ -1,4 +1,4 @@
-"""`bratsbench demo`: the whole pipeline on generated data, on this machine's CPU.
+"""`bratsbench demo`: the whole pipeline on generated data, on the local CPU.
 
 Generate 40 reduced-size cases -> prepare -> split -> a scaling sweep (np 1..2 x frozen depth 0 and the whole
 encoder, 3 interleaved repeats, one core per rank) -> a transfer study with 3 seeds (k = 0, the whole encoder,

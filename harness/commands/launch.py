@@ -9,7 +9,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "launch",
         help="start N local ranks: MWMS workers with TF_CONFIG on free loopback ports, or horovodrun over Gloo",
-        description="Run CMD as NP ranks on this machine. --backend mwms starts NP workers, each with a TF_CONFIG "
+        description="Run CMD as NP ranks on the local machine. --backend mwms starts NP workers, each with a TF_CONFIG "
         "naming all of them (free loopback ports), copies each worker's output into --logs/rank.N/ and, prefixed "
         "with its rank, into this terminal, and stops every worker as soon as one fails. --backend horovod runs "
         "horovodrun -np NP --gloo. CMD is a bratsbench sub-command (train ...) or a whole command line. "

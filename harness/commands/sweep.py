@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep",
         help="plan, run or emit (SLURM/PBS job arrays) a sweep over np, batch size, freeze depth, mode and seed",
         description="Experiment sweeps from a YAML spec: `plan` lists the runs and their stable IDs, `run` runs them "
-        "here one after another (resumable: finished runs are skipped), `emit` writes job-array scripts for a cluster.",
+        "locally one after another (resumable: finished runs are skipped), `emit` writes job-array scripts for a cluster.",
     )
     sub = p.add_subparsers(dest="sweep_command", metavar="STEP", required=True)
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("spec", help="sweep spec (YAML)")
     q.add_argument("--json", action="store_true", help="print the plan as JSON (with every run's config)")
 
-    q = sub.add_parser("run", help="run the sweep on this machine", description="Run every planned run with "
+    q = sub.add_parser("run", help="run the sweep locally", description="Run every planned run with "
                        "horovodrun/mpirun on localhost into RESULTS/runs/<run_id>/; runs already ok are skipped.")
     q.add_argument("spec", help="sweep spec (YAML)")
     q.add_argument("--out", required=True, help="results folder (RESULTS/sweep.json, RESULTS/runs/<run_id>/)")

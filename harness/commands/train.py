@@ -117,7 +117,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="distributed engine: horovod (horovodrun/mpirun/srun) or mwms (TensorFlow's "
                    "MultiWorkerMirroredStrategy; bratsbench launch or srun); default horovod where installed")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default cores / local ranks)")
-    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (float16 with loss scaling)")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision: float16 with loss scaling on GPUs, bfloat16 on CPUs")
     g.add_argument("--xla", action="store_true", default=None, help="XLA auto-clustering")
     g.add_argument("--benchmark", action="store_true", default=None, help="time steps only: warm-up + timed steps")
     g.add_argument("--warmup", dest="bench_warmup", type=int, default=None, help="untimed warm-up steps (default 5)")

@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain-budget-s", type=float, default=None, metavar="S",
                    help="seconds of training for each pre-training run (default: no limit; it runs its epochs)")
     p.add_argument("--parallel", type=int, default=1,
-                   help="runs side by side, each pinned to its own share of the cores (default 1; use the core "
-                        "count with --threads 1 on a CPU)")
+                   help="runs side by side, each pinned to its own share of the CPU cores (default 1; use the core "
+                        "count with --threads 1 on a CPU). It does not share out GPUs: on a GPU cluster run the study "
+                        "as a sweep with mode: [transfer, scratch]")
     p.add_argument("--target-dice", type=float, default=None,
                    help="validation WT Dice to time against (default: scratch's final validation WT Dice)")
     p.add_argument("--np", type=int, default=1, help="ranks per run (horovodrun over Gloo when > 1)")
