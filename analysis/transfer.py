@@ -44,9 +44,25 @@ def region_dice(obj: Any) -> dict[str, float]:
     return out
 
 
+def study_run(record: dict[str, Any]) -> dict[str, Any]:
+    """The study labels of a run, {"role", "freeze_depth", "seed"}: extra.transfer as `bratsbench transfer` writes
+    it, else those of a training sweep's run (extra.sweep mode scratch or transfer, as a sweep with
+    `mode: [transfer, scratch]` emitted as job arrays writes them; benchmark runs time steps and are no study
+    runs); {} for any other record."""
+    extra = record.get("extra") or {}
+    if isinstance(extra.get("transfer"), dict):
+        return extra["transfer"]
+    sweep = extra.get("sweep") or {}
+    train = (record.get("config") or {}).get("train") or {}
+    role = {SCRATCH: SCRATCH, "transfer": "finetune"}.get(sweep.get("mode"))
+    if role is None or sweep.get("kind") != "run" or train.get("benchmark"):
+        return {}
+    return {"role": role, "freeze_depth": train.get("freeze_depth", 0), "seed": sweep.get("seed", train.get("seed"))}
+
+
 def variant(record: dict[str, Any]) -> str | None:
     """"scratch", "k=2", "head-only", or None for records that are not a fine-tuning/scratch run of a study."""
-    info = (record.get("extra") or {}).get("transfer") or {}
+    info = study_run(record)
     role = info.get("role")
     if role == SCRATCH:
         return SCRATCH
@@ -71,7 +87,7 @@ def group(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if v is not None and r.get("status") in ("ok", None):
             groups[v].append(r)
     for runs in groups.values():
-        runs.sort(key=lambda r: r["extra"]["transfer"].get("seed") or 0)
+        runs.sort(key=lambda r: study_run(r).get("seed") or 0)
     return dict(sorted(groups.items(), key=lambda kv: _order(kv[0])))
 
 
@@ -112,11 +128,11 @@ def _case_matrix(runs: list[dict[str, Any]], subset: str, region: str,
                  minus: list[dict[str, Any]] | None = None) -> np.ndarray:
     """Seeds x test cases of per-case Dice (or of its difference to the scratch run of the same seed); cases any
     seed lacks are NaN. Zero columns where the records hold no per-case metrics."""
-    by_seed = {r["extra"]["transfer"].get("seed"): r for r in minus or []}
+    by_seed = {study_run(r).get("seed"): r for r in minus or []}
     rows: list[dict[str, float]] = []
     for r in runs:
         mine = _cases(r, subset)
-        other = _cases(by_seed[r["extra"]["transfer"].get("seed")], subset) if minus is not None else None
+        other = _cases(by_seed[study_run(r).get("seed")], subset) if minus is not None else None
         if minus is not None and other is None:
             continue
         row = {}

@@ -98,3 +98,30 @@ def test_head_only_sorts_after_the_depths_and_one_seed_has_no_sd(records):
     # one seed: the CI comes from the patients alone (0.6, 0.7, 0.6: resampled means span 0.6 to 0.7)
     assert display(table).set_index("variant").loc["head-only", "WT Dice (test)"] == "0.650 [0.600, 0.700]"
     assert display(table).set_index("variant").loc["head-only", "WT Dice (val)"] == "0.550"  # one value: no CI
+
+
+def _as_sweep_record(record, benchmark=False):
+    """The same run as a training sweep with `mode: [transfer, scratch]` records it (extra.sweep, no extra.transfer)."""
+    info = record["extra"].pop("transfer")
+    mode = {"scratch": "scratch", "finetune": "transfer", "pretrain": "pretrain"}[info["role"]]
+    record["extra"]["sweep"] = {"sweep": "t", "kind": "pretrain" if mode == "pretrain" else "run", "mode": mode,
+                                "seed": info["seed"], "freeze_depth": info["freeze_depth"]}
+    record["config"] = {"train": {"freeze_depth": info["freeze_depth"], "seed": info["seed"], "benchmark": benchmark}}
+    return record
+
+
+def test_a_training_sweeps_transfer_and_scratch_runs_are_compared_alike(records):
+    """On a GPU cluster the study runs as a sweep emitted as arrays: analyze compares its runs as transfer's."""
+    expected = comparison(records)
+    swept = [_as_sweep_record(r) for r in records]
+    assert [variant(r) for r in swept] == ["scratch", "scratch", "k=2", "k=2", None]  # pre-training: no variant
+    got = comparison(swept)
+    assert list(got["variant"]) == list(expected["variant"])
+    for col in ("test_WT", "val_WT", "WT_diff", "WT_p", "seconds_to_target", "step_time_rel"):
+        assert got[col].tolist() == pytest.approx(expected[col].tolist(), nan_ok=True), col
+
+
+def test_a_benchmark_sweeps_runs_are_no_study_variants(records):
+    assert [variant(_as_sweep_record(r, benchmark=True)) for r in records] == [None] * 5
+    assert variant({"extra": {"sweep": {"kind": "run", "mode": "scratch"}}, "config": {}}) == "scratch"
+    assert variant({"extra": {}, "config": {"train": {}}}) is None
