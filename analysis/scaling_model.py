@@ -44,7 +44,7 @@ class Interconnect:
             raise UserError(f"interconnect '{self.name}': busbw_gb_s must be > 0")
 
 
-# Two stated interconnects for the README's curves (assumed inputs, not measured here): an 8-GPU NVLink/NVSwitch
+# Two stated interconnects for the curves in docs/profiling.md (assumed inputs, not measurements): an 8-GPU NVLink/NVSwitch
 # node as nccl-tests reports it for A100 (~230 GB/s allreduce busbw), and a cluster of such nodes over one
 # InfiniBand HDR 200 Gb/s NIC per node (~24 GB/s busbw across nodes). Latencies are typical small-message figures.
 INTERCONNECTS = {

@@ -7,9 +7,9 @@ np=2 throughput from its own trace (the slower rank's compute, the overlap) plus
 bytes on the fitted baseline. Prints per round predicted, measured and predicted / measured, and the median with
 min-max over rounds. Goal (issue 4/4): within 10% (0.90-1.10).
 
-Then, on paper, NVIDIA's UNet_3D_Medical on A100s (../shared/docs/reference-systems.md): its filters 32-64-128-256-
-320 + 320 (this package's U-Net at base 32, depth 5, cap 320, 4 modalities: the parameters are counted, float32
-gradients in one fusion buffer), one-GPU step time from the published one-GPU throughput, no overlap; predicted
+Then, on paper, NVIDIA's UNet_3D_Medical on A100s (the published figures and their source: docs/benchmarks.md,
+"Reference figures"): its filters 32-64-128-256-320 + 320 (this package's U-Net at base 32, depth 5, cap 320,
+4 modalities: the parameters are counted, float32 gradients in one fusion buffer), one-GPU step time from the published one-GPU throughput, no overlap; predicted
 np=8 throughput against the published figure, and the curve to np=512 on the two stated interconnects
 (`--png PATH` draws it; `--reference-only` skips the measured rounds).
 Usage: python bench/bench_scaling_model.py [--rounds 3] [--crop 32] [--base-filters 8] [--steps 12] [--png P]
@@ -41,7 +41,7 @@ def main() -> None:
     reference(a.png)
 
 
-# NVIDIA UNet_3D_Medical, 8x A100-80G, 128^3 x 4 crops, vol/s (reference-systems.md): (batch, precision) -> (1 GPU, 8 GPUs)
+# NVIDIA UNet_3D_Medical, 8x A100-80G, 128^3 x 4 crops, vol/s (docs/benchmarks.md, "Reference figures"): (batch, precision) -> (1 GPU, 8 GPUs)
 PUBLISHED = {(2, "TF32"): (10.40, 81.71), (2, "AMP"): (17.91, 100.24), (4, "TF32"): (10.66, 80.65), (4, "AMP"): (19.88, 140.44)}
 
 

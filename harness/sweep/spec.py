@@ -3,7 +3,7 @@
 Everything is checked here, before anything runs, so a typo costs one line of error instead of a half-run
 sweep. The plan (harness.sweep.plan) then validates every planned RunConfig with RunConfig.validate().
 
-Conventions (see jobs/README.md):
+Conventions (docs/clusters.md has the whole spec reference):
   scaling   weak: `batch_size` is per rank (global batch grows with np);
             strong: `batch_size` is the global batch, split over np (must divide evenly). Under strong scaling
             the global batch does not grow, so the learning rate is not scaled by np either
