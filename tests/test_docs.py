@@ -357,8 +357,8 @@ def spec_problems(paths: list[Path]) -> list[str]:
         try:
             if not plan(load_spec(path)):
                 problems.append(f"{path}: plans no run")
-        except UserError as exc:
-            problems.append(f"{path}: {exc}")
+        except UserError as exc:  # its message names the file already
+            problems.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
     return problems
 
 
