@@ -2,7 +2,10 @@
 
 (a) docs/cli.md is what scripts/gen-cli-docs.py generates from the argparse definitions now;
 (b) every `bratsbench ...` command in a shell code block of README.md and docs/*.md parses with the real parser
-    (`parse_args` only: nothing runs), also behind `horovodrun`/`srun`/`mpirun` and across `\\` continuations;
+    (`parse_args` only: nothing runs), also behind `horovodrun`/`srun`/`mpirun` and across `\\` continuations.
+    Placeholders are deliberate: a word such as RUN or SPEC parses as a path, but a placeholder where a number or a
+    choice belongs (`--pack T`, `slurm|pbs`) fails, so shell blocks hold concrete examples and a synopsis goes in a
+    ```text block (not checked; every block must name its language);
 (c) every relative link and image in README.md, CHANGELOG.md and docs/*.md resolves, `#anchors` included
     (GitHub's heading anchors);
 (d) every spec in examples/ plans (the real spec parser and planner, as `bratsbench sweep plan`).
@@ -249,12 +252,6 @@ def test_example_check_fails_on_a_bad_example(block, said):
 # ---------------------------------------------------------------- (c) links and images
 
 
-def github_slug(text: str) -> str:
-    """The anchor GitHub gives a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to
-    hyphens."""
-    return re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
-
-
 def anchors(text: str) -> set[str]:
     """Every heading anchor of a Markdown text; a repeated heading gets -1, -2, ... as on GitHub."""
     tokens, seen, out = _markdown().parse(text), {}, set()
@@ -262,7 +259,7 @@ def anchors(text: str) -> set[str]:
         if token.type == "heading_open":
             inline = tokens[i + 1]
             words = "".join(c.content for c in inline.children or [] if c.type in ("text", "code_inline"))
-            slug = github_slug(words)
+            slug = gen.slug(words.strip())  # the same anchors the generated reference links to
             n = seen.get(slug, 0)
             seen[slug] = n + 1
             out.add(slug if n == 0 else f"{slug}-{n}")
