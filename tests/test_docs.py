@@ -437,6 +437,6 @@ def test_the_results_page_names_every_fixed_column():
     from analysis.tables import MMD_COLUMNS, SCALING_COLUMNS
 
     page = (ROOT / "docs" / "results.md").read_text()
-    columns = (*SCALING_COLUMNS, *PHASES, *MMD_COLUMNS, "allreduce_ms", "exposed_ms", "predicted / measured")
+    columns = (*SCALING_COLUMNS, "kind", *PHASES, *MMD_COLUMNS, "allreduce_ms", "exposed_ms", "predicted / measured")
     missing = [c for c in columns if f"`{c}`" not in page]
     assert not missing, "docs/results.md does not explain: " + ", ".join(missing)
