@@ -21,8 +21,24 @@ from harness.rundir import SIGNATURE
 
 
 
-def write_signature(ckpt_dir: Path, cfg: ModelConfig) -> None:
-    atomic_write_json(Path(ckpt_dir) / SIGNATURE, {"signature": model_signature(cfg), "modalities": list(cfg.modalities)})
+def write_signature(ckpt_dir: Path, cfg: ModelConfig, optimizer: dict[str, Any] | None = None) -> None:
+    data: dict[str, Any] = {"signature": model_signature(cfg), "modalities": list(cfg.modalities)}
+    if optimizer is not None:
+        data["optimizer"] = optimizer
+    atomic_write_json(Path(ckpt_dir) / SIGNATURE, data)
+
+
+def check_optimizer(path: str | Path, loss_scaling: bool) -> None:
+    """A checkpoint resumes only into the same optimizer form: `--amp` on a GPU wraps Adam in a loss-scale
+    optimizer (float16), `--amp` on a CPU does not (bfloat16), so their variables differ. Checkpoints written
+    before this was recorded had no loss scaling (they come from CPU runs)."""
+    written = bool(read_signature(path).get("optimizer", {}).get("loss_scaling", False))
+    if written != loss_scaling:
+        def form(scaled: bool) -> str:
+            return "float16 with loss scaling (--amp on a GPU)" if scaled else "no loss scaling (float32, or --amp on a CPU)"
+
+        raise UserError(f"checkpoint '{path}' was written with {form(written)} and cannot resume with {form(loss_scaling)}: "
+                        f"resume on the same kind of device, or start a new run (--init-from takes its weights)")
 
 
 def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:

@@ -15,6 +15,8 @@ NORMS = ("instance", "batch", "none")
 FIRST_CONV = ("copy", "average", "reinit")  # how an input layer is initialised across modality sets
 HEAD_ONLY = "head"  # the freeze choice that trains only the 1x1x1 head
 BACKENDS = ("horovod", "mwms")  # distributed engines (harness.engines)
+DEVICES = ("auto", "cpu", "gpu")  # where the step runs: auto = one GPU per local rank where TensorFlow sees GPUs
+GRAD_REDUCTIONS = ("per_tensor", "fused")  # a collective per gradient (overlapping the backward pass), or one for all
 
 Freeze = int | str  # 0..depth+1 frozen encoder levels, or HEAD_ONLY
 
@@ -147,7 +149,12 @@ class TrainConfig:
     freeze_depth: Freeze = 0
     unfreeze_after: int | None = None  # epochs after which every level trains again
     amp: bool = False
-    xla: bool = False
+    xla: bool = False  # forward and backward pass compiled by XLA (jit_compile), on CPUs and GPUs alike
+    device: str = "auto"
+    # TensorFlow's op determinism; None: on, except where it costs a benchmark its speed (a GPU benchmark run, or
+    # --xla on a GPU, where XLA has no deterministic kernel for the MaxPool3D gradient) or data.deterministic is off
+    op_determinism: bool | None = None
+    grad_reduction: str | None = None  # GRAD_REDUCTIONS; None: the engine's reference practice (recorded resolved)
     seed: int = 0
     backend: str | None = None  # horovod | mwms; None: Horovod where installed, else MWMS (recorded resolved)
     threads: int | None = None
@@ -191,6 +198,12 @@ class TrainConfig:
             raise UserError(f"first conv '{self.first_conv}' is not one of {', '.join(FIRST_CONV)}")
         if self.backend is not None and self.backend not in BACKENDS:
             raise UserError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise UserError(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
+        if self.grad_reduction is not None and self.grad_reduction not in GRAD_REDUCTIONS:
+            raise UserError(f"gradient reduction '{self.grad_reduction}' is not one of {', '.join(GRAD_REDUCTIONS)}")
+        if self.op_determinism is not None and not isinstance(self.op_determinism, bool):
+            raise UserError(f"op_determinism {self.op_determinism!r} must be true, false or null (automatic)")
         if self.threads is not None:
             _positive("threads", self.threads)
         if self.validate_every_s is not None and (isinstance(self.validate_every_s, bool) or not self.validate_every_s > 0):
@@ -205,7 +218,9 @@ class TrainConfig:
                 raise UserError(f"profile steps {start}:{stop} must be A:B with 0 <= A <= B")
 
 
-ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None), ("train", "validate_every_s", None))  # (section, field, default): see identity()
+# (section, field, default): see identity()
+ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None), ("train", "validate_every_s", None),
+                ("train", "device", "auto"), ("train", "op_determinism", None), ("train", "grad_reduction", None))
 
 
 @dataclass
@@ -298,7 +313,9 @@ def model_signature(cfg: ModelConfig) -> dict[str, Any]:
 
 __all__ = [
     "BACKENDS",
+    "DEVICES",
     "FIRST_CONV",
+    "GRAD_REDUCTIONS",
     "HEAD_ONLY",
     "freeze_label",
     "freeze_order",

@@ -145,22 +145,26 @@ def sliding_window_predict(
 _COMPILED: "weakref.WeakKeyDictionary[Any, Callable]" = weakref.WeakKeyDictionary()
 
 
-def compiled_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+def compiled_predict(model: Any, local: Callable[[Callable], Callable] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The model's forward pass as one traced function per model (any batch and window size: one trace), so
-    whole-volume inference does not run eagerly op by op. The function reads the live weights."""
+    whole-volume inference does not run eagerly op by op. The function reads the live weights. `local`: how a
+    training engine runs it on this rank's own copy of the variables (`Engine.local_fn`), fixed at the first call
+    for a model."""
     import tensorflow as tf
 
     fn = _COMPILED.get(model)
     if fn is None:
         channels = int(model.input_shape[-1])
         spec = tf.TensorSpec([None, None, None, None, channels], tf.float32)
-        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        forward = lambda x: model(x, training=False)  # noqa: E731
+        fn = tf.function(local(forward) if local else forward, input_signature=[spec])
         _COMPILED[model] = fn
     return lambda batch: fn(tf.constant(batch, tf.float32)).numpy()
 
 
-def predict_labels(model: Any, image: np.ndarray, crop: Sequence[int], overlap: float = 0.25, batch_size: int = 4) -> np.ndarray:
+def predict_labels(model: Any, image: np.ndarray, crop: Sequence[int], overlap: float = 0.25, batch_size: int = 4,
+                   local: Callable[[Callable], Callable] | None = None) -> np.ndarray:
     """Model labels (0..3) of one (X, Y, Z, C) volume from a Keras model, by sliding windows at the training crop."""
-    probs = sliding_window_predict(image, tuple(crop), compiled_predict(model), overlap=overlap, batch_size=batch_size,
-                                   n_classes=4)
+    probs = sliding_window_predict(image, tuple(crop), compiled_predict(model, local), overlap=overlap,
+                                   batch_size=batch_size, n_classes=4)
     return np.argmax(probs, axis=-1).astype(np.uint8)

@@ -39,8 +39,9 @@ def horovodrun_cmd(np: int, *cmd: str) -> list[str]:
     return [str(BIN / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo", *cmd]
 
 
-def run(cmd: list[str], timeout: int = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, env=proc_env(), capture_output=True, text=True, timeout=timeout, **kw)
+def run(cmd: list[str], timeout: int = 600, check: bool = True, env_extra: dict[str, str] | None = None,
+        **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, env=proc_env(**(env_extra or {})), capture_output=True, text=True, timeout=timeout, **kw)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.config import BACKENDS, FIRST_CONV, HEAD_ONLY, RunConfig, parse_freeze
+from harness.config import BACKENDS, DEVICES, FIRST_CONV, GRAD_REDUCTIONS, HEAD_ONLY, RunConfig, parse_freeze
 from harness.errors import UserError
 
 # flag -> (section, key); every flag defaults to None so only what the user typed overrides --config.
@@ -40,6 +40,9 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "first_conv": ("train", "first_conv"),
     "amp": ("train", "amp"),
     "xla": ("train", "xla"),
+    "device": ("train", "device"),
+    "op_determinism": ("train", "op_determinism"),
+    "grad_reduction": ("train", "grad_reduction"),
     "seed": ("train", "seed"),
     "threads": ("train", "threads"),
     "backend": ("train", "backend"),
@@ -83,7 +86,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tumour-share", type=float, default=None, help="share of crops centred on tumour (default 0.5)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no flips/intensity augmentation")
     g.add_argument("--nondeterministic", dest="deterministic", action="store_false", default=None,
-                   help="allow non-deterministic ops and input order (faster on some GPUs)")
+                   help="input order free to vary between runs (and, unless --op-determinism, ops as well)")
     g.add_argument("--val-cases", type=int, default=None, help="limit validation to the first N cases")
     g = p.add_argument_group("model")
     g.add_argument("--base-filters", type=int, default=None, help="filters at the first level (default 8)")
@@ -117,8 +120,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="distributed engine: horovod (horovodrun/mpirun/srun) or mwms (TensorFlow's "
                    "MultiWorkerMirroredStrategy; bratsbench launch or srun); default horovod where installed")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default cores / local ranks)")
-    g.add_argument("--amp", action="store_true", default=None, help="mixed precision: float16 with loss scaling on GPUs, bfloat16 on CPUs")
-    g.add_argument("--xla", action="store_true", default=None, help="XLA auto-clustering")
+    g.add_argument("--device", choices=DEVICES, default=None,
+                   help="where the step runs: gpu (one per local rank; an error if TensorFlow sees none), cpu, or "
+                   "auto (default: GPUs where TensorFlow sees them; an error if the environment names GPUs it cannot see)")
+    g.add_argument("--amp", action="store_true", default=None,
+                   help="mixed precision: float16 with loss scaling on GPUs, bfloat16 on CPUs")
+    g.add_argument("--xla", action="store_true", default=None,
+                   help="compile the forward and backward pass with XLA (jit_compile), on CPUs and GPUs")
+    g.add_argument("--op-determinism", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorFlow's op determinism (default: on, but off for GPU benchmark runs and --xla on GPUs, "
+                   "and with --nondeterministic)")
+    g.add_argument("--grad-reduction", choices=GRAD_REDUCTIONS, default=None,
+                   help="gradients over ranks: per_tensor (one collective each, overlapping the backward pass; "
+                   "Horovod's default) or fused (one collective after it; MWMS's default)")
     g.add_argument("--benchmark", action="store_true", default=None, help="time steps only: warm-up + timed steps")
     g.add_argument("--warmup", dest="bench_warmup", type=int, default=None, help="untimed warm-up steps (default 5)")
     g.add_argument("--bench-steps", type=int, default=None, help="timed steps in benchmark mode (default 20)")

@@ -9,10 +9,14 @@ import abc
 import contextlib
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Sequence
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import tensorflow as tf
+
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -43,22 +47,109 @@ def cpu_bf16_instructions(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return []
 
 
-def visible_gpus(local_rank: int) -> int:
-    """One GPU per process, chosen by local rank (memory growth on); returns how many the machine has."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        gpu = gpus[local_rank % len(gpus)]
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-            tf.config.set_visible_devices(gpu, "GPU")
-        except RuntimeError:  # devices already initialised in this process: keep them
-            pass
-    return len(gpus)
+def physical_gpus() -> list[Any]:
+    """The GPUs TensorFlow lists; the seam through which tests fake a GPU node."""
+    return tf.config.list_physical_devices("GPU")
 
 
-def device_name(local_rank: int, gpus: int) -> str:
-    """The record's name of the device a rank's step runs on."""
-    return f"GPU:{local_rank % gpus}" if gpus else "CPU"
+def _use_gpu(gpu: Any) -> None:
+    """Make `gpu` this process's only GPU, memory growing as needed (before TensorFlow initialises devices)."""
+    try:
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+    except RuntimeError:  # devices already initialised in this process (a packed sweep's next point): keep them
+        pass
+
+
+def _hide_gpus() -> None:
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+
+
+def pin_device(choice: str, local_rank: int, local_size: int, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """This rank's device, chosen before TensorFlow initialises any: one GPU per local rank, as Horovod's examples
+    do (`gpus[local_rank]`), or the CPU. Returns (GPUs on the node, the device's name for the record).
+
+    One-line errors where a run would otherwise go silently wrong: more ranks on a node than GPUs (two ranks on
+    one GPU; NCCL fails with "Duplicate GPU detected"), and GPUs expected (`--device gpu`, or the environment
+    naming devices) while TensorFlow sees none (a CPU-only wheel, or CUDA libraries it cannot load: it would
+    train on the CPU and say so only in a log line TF_CPP_MIN_LOG_LEVEL hides)."""
+    from harness.system import gpus_expected
+
+    env = os.environ if env is None else env
+    gpus = physical_gpus()
+    if choice == "cpu":
+        if gpus:
+            _hide_gpus()
+        return 0, "CPU"
+    if not gpus:
+        reason = "--device gpu" if choice == "gpu" else gpus_expected(env)
+        if reason:
+            raise UserError(f"{reason} asks for GPUs, but TensorFlow sees none: {why_no_gpu()}; `bratsbench env` "
+                            f"checks the set-up, `--device cpu` runs on the CPU on purpose")
+        return 0, "CPU"
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    bound = len(gpus) == 1 and visible is not None and len(visible.split(",")) == 1  # one GPU given to this rank
+    if len(gpus) < local_size and not bound:
+        raise UserError(f"{local_size} ranks on this node but TensorFlow sees {len(gpus)} GPU(s)"
+                        f"{f' (CUDA_VISIBLE_DEVICES={visible})' if visible is not None else ''}: ranks would share a "
+                        f"GPU (NCCL: 'Duplicate GPU detected'); start at most {len(gpus)} rank(s) per node, or give "
+                        f"each rank its own GPU (srun --gpus-per-task=1)")
+    index = 0 if bound else local_rank
+    _use_gpu(gpus[index])
+    return len(gpus), f"GPU:{index}"
+
+
+def why_no_gpu() -> str:
+    """Why TensorFlow lists no GPU, from its build and the host's driver."""
+    from harness.system import tensorflow_build
+
+    build = tensorflow_build()
+    version = build.get("version")
+    fix = f"pip install 'tensorflow[and-cuda]=={version}'"
+    if build.get("build") != "cuda":
+        return f"TensorFlow {version} is a {build.get('build') or 'CPU-only'} build ({fix})"
+    driver = "" if Path("/proc/driver/nvidia/version").exists() else " (this host has no NVIDIA driver loaded)"
+    return (f"TensorFlow {version} is built for CUDA {build.get('cuda_version')} / cuDNN {build.get('cudnn_version')} "
+            f"but could not load the CUDA libraries or the driver{driver} ({fix} brings the libraries; "
+            f"TF_CPP_MIN_LOG_LEVEL=0 shows which one failed)")
+
+
+def gpu_identity(device: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Which physical GPU `device` ("GPU:n" among the GPUs this process lists) is, for telling whether two ranks of
+    a node share one: its UUID where nvidia-smi tells it, else its CUDA_VISIBLE_DEVICES entry or index."""
+    if not device.startswith("GPU:"):
+        return None
+    env = os.environ if env is None else env
+    index = int(device.split(":")[1])
+    visible = [v.strip() for v in env["CUDA_VISIBLE_DEVICES"].split(",")] if env.get("CUDA_VISIBLE_DEVICES") else None
+    entry = visible[index] if visible and index < len(visible) else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, env=dict(env)).stdout
+    except (OSError, subprocess.SubprocessError):
+        return entry
+    rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.count(",") == 1]
+    if len(rows) == 1:  # the node shows this process its own GPU only (cgroups): that is the one
+        return rows[0][1]
+    for smi_index, uuid in rows:
+        if entry in (smi_index, uuid):
+            return uuid
+    return entry
+
+
+def check_distinct_gpus(identities: Sequence[tuple[str, str | None]]) -> None:
+    """(host, GPU identity) of every rank: a one-line error when two ranks of a node use one GPU."""
+    seen: dict[tuple[str, str], int] = {}
+    for rank, (host, gpu) in enumerate(identities):
+        if gpu is None:
+            continue
+        if (host, gpu) in seen:
+            raise UserError(f"ranks {seen[host, gpu]} and {rank} on {host} both use GPU {gpu}: give each rank its own "
+                            f"GPU (one rank per GPU; srun --gpus-per-task=1), or NCCL fails with 'Duplicate GPU detected'")
+        seen[host, gpu] = rank
 
 
 def set_threads(threads: int | None, local_size: int) -> int:
@@ -78,11 +169,14 @@ class Engine(abc.ABC):
 
     name = "local"
     has_timeline = False  # an engine-level trace of its collectives (Horovod's timeline)
+    # how gradients cross ranks unless a run says otherwise: what this engine's references do
+    default_grad_reduction = "per_tensor"
     world: World
 
     @abc.abstractmethod
-    def init(self, threads: int | None = None, timeline: bool = False) -> World:
-        """Start the engine (before any other TensorFlow op) and pin this rank's devices and threads."""
+    def init(self, threads: int | None = None, timeline: bool = False, device: str = "auto") -> World:
+        """Start the engine (before any other TensorFlow op) and pin this rank's device (`pin_device`: auto, cpu
+        or gpu) and threads."""
 
     def version(self) -> str | None:
         return None
@@ -99,9 +193,21 @@ class Engine(abc.ABC):
         """Where the model and optimizer variables must be created."""
         return contextlib.nullcontext()
 
-    def reduce_gradients(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
-        """Mean of each gradient over ranks; called inside the step, per replica."""
+    def reduce_gradients(self, grads: list[tf.Tensor], fused: bool = False) -> list[tf.Tensor]:
+        """Mean of each gradient over ranks; called inside the step, per replica. `fused`: one collective for all
+        of them after the backward pass; else one per gradient, each free to start as soon as its gradient exists
+        (communication overlaps the rest of the backward pass)."""
         return grads
+
+    def batch_norm(self) -> Callable[..., Any]:
+        """The batch normalisation layer class: statistics over the whole global batch, synchronised over ranks,
+        so every replica normalises alike and keeps identical moving statistics."""
+        return tf.keras.layers.BatchNormalization
+
+    def local_fn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` (a model call) where each rank reads its own copy of every variable, with no collective: for
+        inference on shards that differ in size between ranks (validation)."""
+        return fn
 
     def apply_gradients(self, opt: Any, grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         opt.apply_gradients(zip(grads, variables))
@@ -145,7 +251,7 @@ class Engine(abc.ABC):
 class LocalEngine(Engine):
     """One process, no engine: evaluation, prediction and features."""
 
-    def init(self, threads: int | None = None, timeline: bool = False) -> World:
-        gpus = visible_gpus(0)
-        self.world = World(0, 1, 0, 1, gpus, set_threads(threads, 1), device_name(0, gpus))
+    def init(self, threads: int | None = None, timeline: bool = False, device: str = "auto") -> World:
+        gpus, name = pin_device(device, 0, 1)
+        self.world = World(0, 1, 0, 1, gpus, set_threads(threads, 1), name)
         return self.world

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from harness.engines.base import Engine, World, device_name, set_threads, visible_gpus
+from harness.engines.base import Engine, World, pin_device, set_threads
 from harness.errors import UserError
 
 # Collective timeout; "0" turns it off. TensorFlow enforces it with a thread per collective call that sleeps for
@@ -172,15 +172,16 @@ class _QuietRetracing(logging.Filter):
 
 class MWMSEngine(Engine):
     name = "mwms"
+    default_grad_reduction = "fused"  # what the strategy's own apply_gradients does: one batched all-reduce
 
-    def init(self, threads: int | None = None, timeline: bool = False) -> World:
+    def init(self, threads: int | None = None, timeline: bool = False, device: str = "auto") -> World:
         raw = os.environ.get("TF_CONFIG") or slurm_tf_config()
         workers, index = read_cluster(raw)
         size = len(workers) if raw else 1
         local_rank, local_size = _local_position(workers, index) if raw else (0, 1)
         if raw:
             os.environ["TF_CONFIG"] = raw
-        gpus = visible_gpus(local_rank)
+        gpus, name = pin_device(device, local_rank, local_size)
         n_threads = set_threads(threads, local_size)
         tf.get_logger().addFilter(_QuietRetracing())
         ring = tf.distribute.experimental.CommunicationImplementation
@@ -192,7 +193,7 @@ class MWMSEngine(Engine):
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"MultiWorkerMirroredStrategy could not start: {str(exc).splitlines()[0]}") from None
-        self.world = World(index, size, local_rank, local_size, gpus, n_threads, device_name(local_rank, gpus))
+        self.world = World(index, size, local_rank, local_size, gpus, n_threads, name)
         return self.world
 
     def version(self) -> str | None:
@@ -204,9 +205,27 @@ class MWMSEngine(Engine):
     def scope(self) -> Any:
         return self.strategy.scope()
 
-    def reduce_gradients(self, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+    def reduce_gradients(self, grads: list[tf.Tensor], fused: bool = True) -> list[tf.Tensor]:
         ctx = tf.distribute.get_replica_context()
-        return list(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(grads)))
+        if fused:  # packed into one collective after the backward pass
+            return list(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, list(grads)))
+        return [ctx.all_reduce(tf.distribute.ReduceOp.MEAN, g) for g in grads]
+
+    def batch_norm(self) -> Callable[..., Any]:
+        import functools
+
+        # Keras's own cross-replica batch statistics (an all-reduce of the moments in the replica context)
+        return functools.partial(tf.keras.layers.BatchNormalization, synchronized=True)
+
+    def local_fn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        # Batch norm's moving statistics are sync-on-read variables: read outside a replica context, each read is
+        # an all-reduce, and ranks validating different numbers of cases would enter different collectives
+        strategy = self.strategy
+
+        def local(*args: Any) -> Any:
+            return strategy.experimental_local_results(strategy.run(fn, args=args))[0]
+
+        return local
 
     def apply_gradients(self, opt: Any, grads: list[tf.Tensor], variables: list[tf.Variable]) -> None:
         # the gradients are already the mean over ranks: the optimizer must not sum them again
@@ -237,8 +256,10 @@ class MWMSEngine(Engine):
     def broadcast(self, variables: Sequence[tf.Variable]) -> None:
         if self.world.size == 1:
             return
-        root = self.world.rank == 0
-        values = [tf.cast(v.read_value(), tf.float64) if root else tf.zeros(v.shape, tf.float64) for v in variables]
+        # every rank reads every variable (a sync-on-read variable's read is itself a collective: rank 0 alone
+        # reading would leave the others in another collective), then only rank 0's values count
+        keep = 1.0 if self.world.rank == 0 else 0.0
+        values = [tf.cast(v.read_value(), tf.float64) * keep for v in variables]
         summed = self._collective("sum", values)
         for var, value in zip(variables, summed):
             var.assign(tf.cast(value, var.dtype))

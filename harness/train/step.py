@@ -54,16 +54,29 @@ def make_train_step(
     loss_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
     engine: Engine,
     amp: bool = False,
+    xla: bool = False,
+    fused: bool | None = None,
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """`step(x, y) -> loss`: each rank calls it with its own batch; the engine traces it and reduces."""
-    variables = model.trainable_variables
+    """`step(x, y) -> loss`: each rank calls it with its own batch; the engine traces it and reduces.
 
-    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    `xla`: the forward and backward pass are one function compiled by XLA (`jit_compile=True`: compiled, or an
+    error, never a silent fall-back to TensorFlow ops); the gradients' collectives and the update stay outside it,
+    where every engine's collectives run. `fused`: one collective for all gradients (None: the engine's default)."""
+    variables = model.trainable_variables
+    fused = engine.default_grad_reduction == "fused" if fused is None else fused
+
+    def forward_backward(x: tf.Tensor, y: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
             loss = loss_fn(y, probs)
             scaled = opt.get_scaled_loss(loss) if amp else loss
-        grads = engine.reduce_gradients(tape.gradient(scaled, variables))
+        return tape.gradient(scaled, variables), loss
+
+    compute = tf.function(forward_backward, jit_compile=True) if xla else forward_backward
+
+    def replica_step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        grads, loss = compute(x, y)
+        grads = engine.reduce_gradients(list(grads), fused=fused)
         if amp:
             grads = opt.get_unscaled_gradients(grads)
         engine.apply_gradients(opt, grads, variables)

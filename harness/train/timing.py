@@ -10,6 +10,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import psutil
@@ -95,3 +96,30 @@ class Phases:
 def peak_host_mem_mb() -> float:
     """Peak resident set size of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class GpuMemory:
+    """Peak GPU memory of the training steps on this rank: the device's peak is reset before each epoch's steps
+    and read after them, so neither validation nor an earlier run in the same process (a packed sweep) counts.
+    `info`/`reset` are TensorFlow's (tests give fakes: no GPU here)."""
+
+    device: str  # the logical device, "GPU:0" once a rank sees only its own GPU
+    info: Callable[[str], dict[str, Any]] | None = None
+    reset_stats: Callable[[str], None] | None = None
+    peak_mb: float | None = None
+
+    @classmethod
+    def of(cls, device: str) -> "GpuMemory | None":
+        return cls("GPU:0") if device.startswith("GPU") else None
+
+    def reset(self) -> None:
+        import tensorflow as tf
+
+        (self.reset_stats or tf.config.experimental.reset_memory_stats)(self.device)
+
+    def read(self) -> None:
+        import tensorflow as tf
+
+        peak = (self.info or tf.config.experimental.get_memory_info)(self.device)["peak"] / 2**20
+        self.peak_mb = peak if self.peak_mb is None else max(self.peak_mb, peak)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -17,10 +18,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from harness.checkpoint import check_compatible
+from harness.checkpoint import check_compatible, check_optimizer
 from harness.config import RunConfig
-from harness.engines import Engine, World, default_backend, make_engine, unavailable
-from harness.engines.base import cpu_bf16_instructions
+from harness.engines import Engine, default_backend, make_engine, unavailable
+from harness.engines.base import check_distinct_gpus, cpu_bf16_instructions, gpu_identity
 from harness.errors import UserError, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
@@ -30,7 +31,7 @@ from harness.rundir import RunDir
 from harness.train.profiling import StepProfiler
 from harness.train.sources import Source, iterate, make_source
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
-from harness.train.timing import Phases, StepTimer, peak_host_mem_mb
+from harness.train.timing import GpuMemory, Phases, StepTimer, peak_host_mem_mb
 from harness.train.validation import evaluate_items
 from harness.train.writer import RunWriter
 
@@ -69,16 +70,16 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
         cfg.train.backend = engine.name
     preflight(cfg)
     engine = engine or make_engine(cfg.train.backend)
-    world = engine.init(cfg.train.threads, cfg.train.timeline)
+    world = engine.init(cfg.train.threads, cfg.train.timeline, cfg.train.device)
     writer = RunWriter(world, RunDir(cfg.out), engine)
     record = _start_record(cfg, engine, writer)
     t_start = time.perf_counter()
     session = None
     try:
-        session = build(cfg, engine, record)
+        session = build(cfg, engine, record, writer)
         if started_at is not None:
             session.phases.process_start = started_at
-        writer.signature(session.ckpt_dir, cfg.model)
+        writer.signature(session.ckpt_dir, cfg.model, {"loss_scaling": session.loss_scaling})
         epoch_loop(session, cfg, engine, writer, record)
         t_finish = time.perf_counter()
         finish(session, cfg, engine, writer, record)
@@ -140,6 +141,9 @@ class Session:
     val_items: list | None
     timer: StepTimer
     profiler: StepProfiler
+    xla: bool = False
+    fused: bool | None = None  # one collective for all gradients (else one per gradient)
+    gpu_memory: "GpuMemory | None" = None
     stream: Iterator | None = None  # the run's batches, every epoch from the restored one on, one pipeline
     phases: Phases = field(default_factory=Phases)
     since_val_s: float = 0.0  # seconds in training steps since the last validation (validate_every_s)
@@ -148,40 +152,69 @@ class Session:
 
     def rebuild_step(self, engine: Engine) -> None:
         """A tf.function step reads `trainable_variables` when traced: rebuild it after (un)freezing."""
-        self.step_fn = make_train_step(self.model, self.opt, self.loss_fn, engine, amp=self.loss_scaling)
+        self.step_fn = make_train_step(self.model, self.opt, self.loss_fn, engine, amp=self.loss_scaling, xla=self.xla,
+                                       fused=self.fused)
 
 
-def _precision(cfg: RunConfig, world: World, record: dict) -> bool:
-    """--amp: float16 with loss scaling on GPUs; bfloat16 on CPUs (float16 has no CPU MaxPool3D kernel, and
-    bfloat16 keeps float32's range, so it needs no loss scaling). Returns whether the loss is scaled."""
-    loss_scaling = cfg.train.amp and world.gpus > 0
-    if cfg.train.amp:
-        policy = "mixed_float16" if loss_scaling else "mixed_bfloat16"
-        tf.keras.mixed_precision.set_global_policy(policy)
+def _execution(cfg: RunConfig, engine: Engine, record: dict, writer: RunWriter) -> tuple[bool, bool]:
+    """How this run's step executes, set whatever an earlier run in this process left (a packed sweep runs many):
+    op determinism, the precision policy, XLA and the gradient reduction, all under record["execution"] with the
+    device. Returns (loss scaling, one fused gradient collective).
+
+    --amp: float16 with loss scaling on GPUs; bfloat16 on CPUs (float16 has no CPU MaxPool3D kernel, and bfloat16
+    keeps float32's range, so it needs no loss scaling)."""
+    tcfg, world = cfg.train, engine.world
+    on_gpu = world.device.startswith("GPU")
+    determinism = tcfg.op_determinism
+    if determinism is None:  # a GPU benchmark measures the fast kernels; XLA has no deterministic MaxPool3D gradient
+        determinism = cfg.data.deterministic and not (on_gpu and (tcfg.benchmark or tcfg.xla))
+    if tcfg.xla and on_gpu and determinism:
+        raise UserError("--xla with --op-determinism on a GPU: XLA has no deterministic GPU kernel for the MaxPool3D "
+                        "gradient (SelectAndScatter) and refuses to compile it; drop --op-determinism")
+    if tcfg.xla and cfg.model.norm == "batch" and world.size > 1:
+        raise UserError("--xla with --norm batch at np > 1: the compiled forward pass cannot hold batch norm's "
+                        "collectives over ranks; use --norm instance, or drop --xla")
+    if determinism:
+        tf.config.experimental.enable_op_determinism()
+    else:
+        tf.config.experimental.disable_op_determinism()
+    loss_scaling = tcfg.amp and on_gpu
+    policy = ("mixed_float16" if loss_scaling else "mixed_bfloat16") if tcfg.amp else "float32"
+    tf.keras.mixed_precision.set_global_policy(policy)
+    tf.config.optimizer.set_jit(False)  # no auto-clustering: --xla compiles the step explicitly (make_train_step)
+    reduction = tcfg.grad_reduction or engine.default_grad_reduction
+    record["execution"] = {
+        "device": world.device, "op_determinism": determinism, "precision": policy, "loss_scaling": loss_scaling,
+        "xla": {"requested": tcfg.xla, "how": "jit_compile of the forward and backward pass" if tcfg.xla else None,
+                "compiled": None},
+        "grad_reduction": reduction if world.size > 1 else None,
+    }
+    if tcfg.amp:
         record["extra"]["precision"] = policy
-        if not loss_scaling:
-            native = cpu_bf16_instructions()
-            record["extra"]["cpu_bf16_instructions"] = native
-            if not native and world.is_root:
-                log.warning("--amp: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
-                            "bfloat16 is emulated and training runs slower than float32")
-    if cfg.train.xla:
-        tf.config.optimizer.set_jit(True)  # auto-clustering leaves Horovod's ops outside XLA clusters
-    return loss_scaling
+    if tcfg.amp and not loss_scaling:
+        native = cpu_bf16_instructions()
+        record["extra"]["cpu_bf16_instructions"] = native
+        if not native:
+            writer.note("--amp: this CPU has no bfloat16 instructions (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
+                        "bfloat16 is emulated and training runs slower than float32")
+    if tcfg.xla:
+        writer.note(f"--xla: the forward and backward pass are compiled by XLA (jit_compile) for the {world.device}; "
+                    f"the gradients' collectives and the update run outside it")
+    return loss_scaling, reduction == "fused"
 
 
-def build(cfg: RunConfig, engine: Engine, record: dict) -> Session:
+def build(cfg: RunConfig, engine: Engine, record: dict, writer: RunWriter) -> Session:
     """Model (initial or pre-trained weights, frozen levels), optimizer, checkpoint state restored and
     broadcast from rank 0, data source and the step function."""
     tcfg, dcfg, mcfg = cfg.train, cfg.data, cfg.model
     world = engine.world
+    if world.gpus:  # two ranks of a node on one GPU: NCCL would fail later, less clearly
+        check_distinct_gpus(engine.allgather_object((socket.gethostname(), gpu_identity(world.device))))
     set_seed(tcfg.seed)  # same initial weights on every rank
-    if dcfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    loss_scaling = _precision(cfg, world, record)
+    loss_scaling, fused = _execution(cfg, engine, record, writer)
     source = make_source(cfg, world)
     with engine.scope():  # MWMS mirrors the variables created here
-        model = build_unet(mcfg, dcfg.crop)
+        model = build_unet(mcfg, dcfg.crop, batch_norm=engine.batch_norm())
         opt = make_optimizer(tcfg, world.size, loss_scaling)
         opt.build(model.trainable_variables)  # slots for every variable, so later unfreezing needs no rebuild
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -195,6 +228,7 @@ def build(cfg: RunConfig, engine: Engine, record: dict) -> Session:
     ckpt_dir = RunDir(cfg.out).checkpoints
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=2)
     if tcfg.resume:
+        check_optimizer(ckpt_dir, loss_scaling)
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.debug("resumed from %s", manager.latest_checkpoint)
     engine.broadcast(model.variables + optimizer_variables(opt) + [epoch_var])
@@ -210,7 +244,8 @@ def build(cfg: RunConfig, engine: Engine, record: dict) -> Session:
     loss_fn = make_loss(tcfg.loss, tcfg.class_weights)
     return Session(
         model=model, opt=opt, source=source, loss_fn=loss_fn,
-        step_fn=make_train_step(model, opt, loss_fn, engine, amp=loss_scaling), loss_scaling=loss_scaling,
+        step_fn=make_train_step(model, opt, loss_fn, engine, amp=loss_scaling, xla=tcfg.xla, fused=fused),
+        loss_scaling=loss_scaling, xla=tcfg.xla, fused=fused, gpu_memory=GpuMemory.of(world.device),
         frozen_levels=frozen_levels, epoch_var=epoch_var, manager=manager, ckpt_dir=ckpt_dir,
         epochs=epochs, steps_per_epoch=spe, total_steps=total,
         val_items=None if tcfg.benchmark else source.val_items(), timer=StepTimer(warmup=warmup),
@@ -286,6 +321,8 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
     times: list[float] = []
     label = ("benchmark" if tcfg.benchmark else f"epoch {epoch + 1}/{s.epochs}" if tcfg.budget_s is None
              else f"epoch {epoch + 1}, {s.spent_s:.0f} of {tcfg.budget_s:g} s")  # the budget ends it, not the epochs
+    if s.gpu_memory:
+        s.gpu_memory.reset()
     with writer.bar(steps, done, label) as bar:
         for _ in range(done, steps):
             s.profiler.before_step(global_step)
@@ -308,6 +345,8 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
                 _checkpoint(s, writer, global_step)
             if _over_budget(s, tcfg, t2 - t0, engine):
                 break
+    if s.gpu_memory:
+        s.gpu_memory.read()
     return losses, times, global_step
 
 
@@ -342,17 +381,28 @@ def _run_stream(s: Session, benchmark: bool, first_epoch: int, done: int) -> Ite
 
 
 def finish(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, record: dict) -> None:
-    """Replica checksums, timing and memory over ranks into the record."""
+    """Replica checksums, timing and memory over ranks into the record; replicas that ended with different
+    weights fail the run (a data-parallel run's replicas must stay identical: anything else is a bug, e.g.
+    batch statistics that were never averaged)."""
     world = engine.world
-    record["model"]["replica_checksums"] = engine.allgather_object(weights_checksum(s.model))
+    checksums = engine.allgather_object(weights_checksum(s.model))
+    record["model"]["replica_checksums"] = checksums
     timing = s.timer.summary(cfg.train.batch_size * world.size)
-    mems = engine.allgather_object(peak_host_mem_mb())
-    timing.update(peak_host_mem_mb=max(mems), peak_host_mem_mb_per_rank=mems, peak_gpu_mem_mb=_peak_gpu_mem_mb(),
+    mems = engine.allgather_object((peak_host_mem_mb(), s.gpu_memory.peak_mb if s.gpu_memory else None))
+    gpu = [g for _, g in mems if g is not None]
+    timing.update(peak_host_mem_mb=max(h for h, _ in mems), peak_host_mem_mb_per_rank=[h for h, _ in mems],
+                  peak_gpu_mem_mb=max(gpu) if gpu else None, peak_gpu_mem_mb_per_rank=[g for _, g in mems] if gpu else None,
                   threads_per_rank=world.threads, cores=sorted(os.sched_getaffinity(0)))  # rank 0's allowed cores
     if timing.get("step_time_mean_s"):
         per_rank_rate = cfg.train.batch_size / timing["step_time_mean_s"]
         timing["achieved_gflops_per_rank"] = per_rank_rate * record["model"]["train_gflops_per_sample"]
     record["timing"] = timing
+    if s.xla and s.timer.seen:
+        record["execution"]["xla"]["compiled"] = True  # jit_compile: the steps ran compiled, or raised
+    if len(set(checksums)) > 1:
+        groups = {c: [r for r, x in enumerate(checksums) if x == c] for c in dict.fromkeys(checksums)}
+        raise RuntimeError("replicas diverged: their weights differ at the end ("
+                           + "; ".join(f"ranks {', '.join(map(str, r))}: {c}" for c, r in groups.items()) + ")")
     if cfg.train.benchmark:
         writer.summary(timing)
 
@@ -363,9 +413,3 @@ def weights_checksum(model: tf.keras.Model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()[:16]
-
-
-def _peak_gpu_mem_mb() -> float | None:
-    if not tf.config.list_logical_devices("GPU"):
-        return None
-    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20

@@ -31,7 +31,7 @@ def evaluate_items(
     rows, rows_original = [], []
     world = engine.world
     for item in items[world.rank :: world.size]:
-        pred = predict_labels(model, item.image, crop)
+        pred = predict_labels(model, item.image, crop, local=engine.local_fn)  # shards differ in size
         row = evaluate_case(pred, item.label, spacing=item.spacing, et_label=3)
         rows.append({**row, "case_id": item.case_id})
         if original is not None:

@@ -41,13 +41,14 @@ class RunWriter:
         if self.active:
             self.run.write_record(record)
 
-    def signature(self, ckpt_dir: Path, model_cfg: Any) -> None:
-        """The architecture beside the checkpoints, so a mismatching --resume/--init-from fails in one line."""
+    def signature(self, ckpt_dir: Path, model_cfg: Any, optimizer: dict[str, Any] | None = None) -> None:
+        """The architecture (and the optimizer's form: loss scaling or not) beside the checkpoints, so a
+        mismatching --resume/--init-from fails in one line."""
         if self.active:
             from harness.checkpoint import write_signature
 
             Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
-            write_signature(ckpt_dir, model_cfg)
+            write_signature(ckpt_dir, model_cfg, optimizer)
 
     def checkpoint(self, manager: Any, step: int) -> None:
         """Rank 0 writes the checkpoint. Where the engine needs every rank to take part (MWMS), the others
@@ -58,6 +59,11 @@ class RunWriter:
             save_checkpoint(manager, step)
         elif self.engine is not None and self.engine.saves_on_every_rank():
             save_scratch(manager, step, self.world.rank)
+
+    def note(self, message: str) -> None:
+        """One line for the user, once per run (rank 0)."""
+        if self.active:
+            print(f"bratsbench: {message}", file=sys.stderr, flush=True)
 
     def epoch(self, entry: dict[str, Any]) -> None:
         if self.active:
