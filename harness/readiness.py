@@ -171,11 +171,11 @@ def _horovod(hvd: Mapping[str, Any] | None, gpus: bool, which: Callable[[str], s
         return Check(WARN, "horovod", detail + " (build flags unknown: TensorFlow did not import)", None)
     if gpus and not hvd.get("nccl"):
         return Check(FAIL, "horovod", detail + ": GPU gradients would go through host memory",
-                     horovod_rebuild(True))
+                     horovod_rebuild(True) + "  (with the CUDA toolkit and NCCL loaded)")
     if not hvd.get("mpi") and not hvd.get("gloo"):
         return Check(FAIL, "horovod", detail + ": no controller to start ranks with", horovod_rebuild(gpus))
     if which("mpirun") and not hvd.get("mpi"):
-        return Check(WARN, "horovod", detail + ": mpirun is here but Horovod has no MPI (mpirun launches and "
+        return Check(WARN, "horovod", detail + ": mpirun is on PATH but Horovod has no MPI (mpirun launches and "
                      "packed sweeps need it)", horovod_rebuild(gpus))
     return Check(OK, "horovod", detail)
 
