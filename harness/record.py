@@ -49,7 +49,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,14 +100,10 @@ def run_id(config: dict[str, Any]) -> str:
 
 
 def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    """The package checkout's commit (None when installed outside one); system.git_state also says if modified."""
+    from harness.system import git_state
+
+    return git_state()["commit"]
 
 
 def versions() -> dict[str, str | None]:
