@@ -18,6 +18,27 @@ Schema (version 1), top-level keys:
   history         per epoch: epoch, loss, val {ET,TC,WT dice}, wall_s, step_time_mean_s, params_trainable
   metrics         final validation metrics (per region mean Dice and HD95) when validation ran
   extra           free-form, for commands built on top (transfer, sweeps)
+  system          what the run ran on (harness/system.py; train and comm records, and the launcher-written record
+                  of a run that never wrote its own): every rank probes itself, rank 0 gathers.
+                  label      short name of the system for tables ("AMD EPYC 9B14 (AVX-512), 96 cores, TF 2.18.1 CPU",
+                             "4x NVIDIA H100 80GB HBM3, TF 2.18.1 CUDA 12.5", "2 nodes: ..."), stable across the runs
+                             of one machine and stack
+                  source     "ranks" (the run's ranks), "launcher" (the launcher's host: the ranks never wrote), "env"
+                  hosts      per host, in order of first rank: hostname, os, kernel, arch, cpu_model, sockets, cores,
+                             threads, numa_nodes, isa [avx2, avx512f, avx512_bf16, amx_bf16, ...], mem_gib,
+                             gpus [{index, model, memory_mib, compute_capability, driver, uuid}] (nvidia-smi),
+                             nvidia_smi (bool: on PATH), gpu_error (str|null: nvidia-smi failed)
+                  ranks      per rank: rank, host, local_rank, cores [allowed CPU ids], n_cores, intra_op_threads,
+                             inter_op_threads, device ("CPU" | "GPU:<n>"), cuda_visible_devices
+                  python     version; tensorflow {version, build (cuda|rocm|cpu), cuda_version, cudnn_version,
+                             compute_capabilities, onednn, gpus_seen} or {version: null, error}
+                  horovod    {version, mpi, gloo, nccl} (flags null where the run did not load Horovod) | null
+                  mpi        {library, version, source (mpi4py|mpirun)} | null
+                  scheduler  {kind (slurm|pbs), job_id, array_job_id, array_task_id, step_id, job_name, cluster,
+                             partition, nodelist, cpus_per_task, restart_count} (strings as set) | null
+                  env        the set variables of a fixed list (OMP_*, KMP_*, MKL_*, TensorFlow's TF_*, XLA_*,
+                             HOROVOD_*, NCCL_*, CUDA_*, OMPI_MCA_*, SLURM_CPUS_PER_TASK, ...); git {commit, modified}
+                  versions, git_commit and hosts above stay for older readers.
 Writes are atomic (temp file in the same folder, then os.replace) so concurrent readers never see a torn file.
 """
 
@@ -28,7 +49,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,14 +100,10 @@ def run_id(config: dict[str, Any]) -> str:
 
 
 def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+    """The package checkout's commit (None when installed outside one); system.git_state also says if modified."""
+    from harness.system import git_state
+
+    return git_state()["commit"]
 
 
 def versions() -> dict[str, str | None]:

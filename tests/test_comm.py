@@ -4,6 +4,7 @@ and real runs: raw MPI under mpirun, Horovod under horovodrun, MWMS under our la
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -101,6 +102,10 @@ def _comm(tmp_path: Path, backend: str, *extra: str) -> dict:
 
 def _check(record: dict, backend: str, ops: tuple[str, ...], transport: str) -> None:
     assert record["kind"] == "comm" and record["status"] == "ok" and record["world_size"] == 2
+    s = record["system"]  # probed on both ranks, as a training record's
+    assert s["source"] == "ranks" and [r["rank"] for r in s["ranks"]] == [0, 1] and s["label"]
+    assert {r["host"] for r in s["ranks"]} == {h["hostname"] for h in s["hosts"]} == set(record["hosts"])
+    assert all(r["cores"] and set(r["cores"]) <= set(os.sched_getaffinity(0)) for r in s["ranks"])
     assert record["engine"]["name"] == backend and record["hosts"]
     assert record["engine"]["transport"] == transport  # what its baseline is matched on
     rows = record["comm"]["rows"]

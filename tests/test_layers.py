@@ -1,6 +1,6 @@
 """The package's layer order, read from its imports (ast): a module imports only from its own layer or below.
 
-    base:     errors, outdir, modalities, config, record, rundir, metrics, inference, native_log
+    base:     errors, outdir, modalities, config, record, rundir, metrics, inference, native_log, system, readiness
     data:     data/, checkpoint
     model:    model/, losses
     engines:  engines/ (horovod, mwms: nothing else names an engine)
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("base", {"errors", "outdir", "modalities", "config", "record", "rundir", "metrics", "inference", "native_log",
-              "__init__"}),
+              "system", "readiness", "__init__"}),
     ("data", {"data", "checkpoint"}),
     ("model", {"model", "losses"}),
     ("engines", {"engines"}),

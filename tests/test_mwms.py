@@ -87,6 +87,10 @@ def test_launched_workers_train_identical_replicas_with_per_rank_logs(tmp_path):
     sums = record["model"]["replica_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
     assert record["timing"]["global_batch"] == 4 and set(record["history"][-1]["val"]) == {"ET", "TC", "WT"}
+    s = record["system"]  # each worker probed itself; the launcher left their affinity as it was (this process's)
+    assert [(r["rank"], r["cores"], r["device"]) for r in s["ranks"]] == [(i, sorted(os.sched_getaffinity(0)), "CPU") for i in (0, 1)]
+    assert s["hosts"][0]["cpu_model"] and s["env"]["TF_CONFIG"] and s["tensorflow"]["gpus_seen"] == 0
+    assert s["horovod"] is None or s["horovod"]["mpi"] is None  # an MWMS run loads no Horovod
     assert "epoch 2" in (out / "logs" / "rank.0" / "stderr").read_text()  # rank 0 alone prints the epoch lines
     assert (out / "logs" / "rank.1" / "stderr").is_file()
     assert "[0]<stderr>:" in result.stderr  # the launcher relays each worker's output, prefixed with its rank

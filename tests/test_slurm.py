@@ -90,6 +90,13 @@ def test_emitted_array_runs_under_slurm(slurm_cluster, tmp_path, cli):  # noqa: 
         if by_label[label]["kind"] == "run":
             pre = by_label[label]["depends_on"][0]
             assert record["model"]["init"]["from"] == str(results / "runs" / pre / "checkpoints")
+    # each record names its array task: the array's job ID (sbatch's), the task's index, a job ID of its own
+    array_of = {name: job_ids[i] for i, name in enumerate(dict.fromkeys(row[0] for row in manifest))}
+    for name, task, rid, *_ in manifest:
+        job = records[rid]["system"]["scheduler"]
+        assert (job["kind"], job["array_job_id"], job["array_task_id"]) == ("slurm", array_of[name], task), rid
+        assert job["step_id"] is not None and job["nodelist"]  # srun's step, inside the allocation
+    assert len({records[row[2]]["system"]["scheduler"]["job_id"] for row in manifest}) == len(manifest)
     # one SLURM log per array task, named %x-%A_%a.out
     expected = {f"slurmtest-pretrain-np1-{job_ids[0]}_0.out"}
     expected |= {f"slurmtest-run-np1-{job_ids[1]}_{i}.out" for i in range(3)}

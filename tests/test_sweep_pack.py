@@ -160,6 +160,8 @@ def test_packed_sweep_gives_the_records_of_the_unpacked_sweep(tmp_path):
         assert a[run.run_id]["extra"]["sweep"] == b[run.run_id]["extra"]["sweep"]
         pack = a[run.run_id]["extra"]["pack"]
         assert pack["slots"] == 2 and len(pack["ranks"]) == run.np
+        s = a[run.run_id]["system"]  # the point's own ranks, on its sub-communicator
+        assert [r["rank"] for r in s["ranks"]] == list(range(run.np)) and s["horovod"]["mpi"] is True
         assert a[run.run_id]["phases"]["to_first_step_s"] < 60  # this point's own start, not the job's
     # the three np=1 points share waves two by two; every np=2 point has a wave of its own
     waves_of = {r.label: a[r.run_id]["extra"]["pack"]["wave"] for r in runs}

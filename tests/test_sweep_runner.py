@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +146,8 @@ def test_settle_tells_the_truth(tmp_path):
     rec = record(tmp_path, run.run_id)
     assert entry["status"] == rec["status"] == "failed" and rec["exit_code"] == 1
     assert "no run record" in rec["error"] and rec["config"]["out"] == str(folder)
+    assert rec["system"]["source"] == "launcher" and rec["system"]["ranks"] == []  # the launcher's host, marked
+    assert rec["system"]["hosts"][0]["hostname"] == socket.gethostname() and rec["system"]["label"]
     assert len(rec["log_tail"]) == 40 and rec["log_tail"][-1] == "bar 99%" and rec["log_tail"][0] == "line 61"
     # a record the trainer left "running" (rank killed)
     atomic_write_json(folder / "record.json", {**rec, "status": "running", "error": None, "exit_code": None})

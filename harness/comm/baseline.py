@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from harness.comm import measure
@@ -170,12 +171,14 @@ def rank_main(opts: CommOptions) -> int:
     rows = measure.run(backend, opts.ops, measure.sizes(opts.min_bytes, opts.max_bytes), warmup=opts.warmup,
                        iters=opts.iters, tensors=opts.tensors, progress=say)
     hosts = sorted(set(_hostnames(backend, engine)))
+    system = _system(backend, engine)
     if rank0:
         record = new_record({"comm": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()}},
                             kind="comm")
         record.update(status="ok", exit_code=0, finished_at=utc_now(), world_size=backend.size,
                       engine=engine.describe() if engine is not None else
                       {"name": opts.backend, "version": version, "transport": "mpi"}, hosts=hosts)
+        record["system"] = system
         record["comm"] = {"rows": [asdict(r) for r in rows], "gradient_bytes": opts.gradient_bytes,
                           "fusion_bytes": fusion_bytes(opts), "tensors": opts.tensors, "launcher": opts.launcher,
                           "horovod_cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]) if opts.backend == "horovod" else None,
@@ -190,6 +193,15 @@ def _mwms_timeout() -> float | None:
     """The collective timeout MWMS ran with (None: off)."""
     value = float(os.environ.get("BRATSBENCH_MWMS_TIMEOUT_S", "60"))
     return value or None
+
+
+def _system(backend: Any, engine: Any) -> dict[str, Any]:
+    """The record's system section, probed on every rank (raw MPI: each rank describes its host)."""
+    from harness.system import collect
+
+    if engine is not None:
+        return collect(engine.world, engine.allgather_object)
+    return collect(SimpleNamespace(rank=backend.rank, local_rank=None, device="CPU"), backend.comm.allgather)
 
 
 def _hostnames(backend: Any, engine: Any) -> list[str]:

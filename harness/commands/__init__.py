@@ -17,4 +17,5 @@ COMMANDS = (
     "sweep",
     "analyze",
     "demo",
+    "env",
 )

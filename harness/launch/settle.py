@@ -12,6 +12,7 @@ from typing import Any
 from harness.launch.supervise import Outcome
 from harness.record import utc_now
 from harness.rundir import RunDir
+from harness.system import collect
 
 
 TAIL_LINES = 40
@@ -98,6 +99,7 @@ def blank_record(run: RunDir, np_: int) -> dict[str, Any]:
         config = {"out": str(run.path)}
     record = new_record(config, probe=False)
     record.update(status="failed", world_size=np_)
+    record["system"] = collect(None, source="launcher")  # the launcher's host: the ranks never described theirs
     record["extra"].update(config.get("tags") or {})
     return record
 

@@ -28,6 +28,7 @@ from harness.outdir import ensure_output_dir
 from harness.model import apply_freeze, build_unet, set_seed, count_params, forward_flops, training_flops, unfreeze_all
 from harness.record import new_record, utc_now
 from harness.rundir import RunDir
+from harness.system import collect as collect_system
 from harness.train.profiling import StepProfiler
 from harness.train.sources import Source, iterate, make_source
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
@@ -110,6 +111,7 @@ def _start_record(cfg: RunConfig, engine: Engine, writer: RunWriter) -> dict[str
     record["engine"] = engine.describe()
     record["world_size"] = engine.world.size
     record["hosts"] = engine.hostnames()
+    record["system"] = collect_system(engine.world, engine.allgather_object)  # every rank probes itself
     if cfg.train.resume:  # keep the learning curve of the epochs done before the interruption
         earlier = writer.run.read_record() or {}
         record["history"] = earlier.get("history", [])
