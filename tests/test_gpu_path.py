@@ -23,6 +23,7 @@ FakeGpu = namedtuple("FakeGpu", "name device_type")
 GPU = [FakeGpu(f"/physical_device:GPU:{i}", "GPU") for i in range(4)]
 SCRIPT = str(REPO / "tests" / "scripts" / "one_step.py")
 FAKE = str(REPO / "tests" / "scripts" / "fake_gpus.py")
+FAKE_PLAIN = str(REPO / "tests" / "scripts" / "one_step_plain_bn.py")
 SMALL = ["--synthetic", "--crop", "16", "16", "16", "--base-filters", "4", "--depth", "2", "--synthetic-samples", "4",
          "--threads", "1"]
 
@@ -126,7 +127,8 @@ def test_a_faked_gpu_for_two_local_ranks_is_one_line_of_error(tmp_path):
     assert result.returncode != 0
     errors = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if "bratsbench: error:" in line]
     assert errors and all("2 ranks on this node but TensorFlow sees 1 GPU(s)" in line for line in errors)
-    assert "Traceback" not in result.stdout + result.stderr
+    ranks = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("[0]", "[1]"))]
+    assert not [line for line in ranks if "Traceback" in line]  # (horovodrun prints its own on a rank's exit 2)
     assert not (out / "record.json").exists() or json.loads((out / "record.json").read_text())["history"] == []
 
 
@@ -163,10 +165,14 @@ def test_batch_norm_two_ranks_batch_b_equal_one_rank_batch_2b(tmp_path, backend)
     # the batch statistics are over the global batch: two ranks of 2 samples normalise as one rank of 4
     run(_np2_launch(backend, sys.executable, SCRIPT, str(tmp_path / "np2.npz"), "4", backend, "batch"))
     run([sys.executable, SCRIPT, str(tmp_path / "np1.npz"), "4", backend, "batch"])
-    w2, w1 = _weights(tmp_path / "np2.npz"), _weights(tmp_path / "np1.npz")
-    assert len(w1) == len(w2) > 10
-    for a, b in zip(w1, w2):  # moving means and variances included
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    g2, g1 = _weights(tmp_path / "np2.first.npz"), _weights(tmp_path / "np1.first.npz")
+    assert len(g1) == len(g2) > 20  # gradients, then the moving means and variances
+    for a, b in zip(g1, g2):  # float32 sums in another order (Horovod: variance as E[x^2] - E[x]^2)
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * float(np.abs(a).max()))
+    # the control: unsynchronised statistics over each rank's 2 samples are far from those over all 4
+    run(_np2_launch(backend, sys.executable, FAKE_PLAIN, str(tmp_path / "plain.npz"), "4", backend, "batch"))
+    plain = _weights(tmp_path / "plain.first.npz")
+    assert max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(g1, plain)) > 0.05
 
 
 @pytest.mark.slow
@@ -223,7 +229,7 @@ def test_xla_compiles_on_cpu_and_says_so(tmp_path):
     assert "--xla: the forward and backward pass are compiled by XLA (jit_compile) for the CPU" in result.stderr
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and record["execution"]["xla"]["compiled"] is True
-    assert list(dump.glob("*.after_optimizations.txt"))  # XLA really compiled a module
+    assert list(dump.glob("*forward_backward*after_optimizations.txt"))  # XLA really compiled the step
 
 
 def test_amp_checkpoint_of_another_device_kind_is_refused_in_one_line(tmp_path):

@@ -1,7 +1,11 @@
 """One training step with the real Horovod step function on a fixed global batch; used by the tests.
 
 Usage: one_step.py OUT.npz GLOBAL_BATCH [horovod|mwms] [instance|batch] [fused|per_tensor]
-(each of N ranks takes its contiguous GLOBAL_BATCH/N slice; batch norm is the engine's synchronised one)
+(each of N ranks takes its contiguous GLOBAL_BATCH/N slice; batch norm is the engine's synchronised one).
+OUT.npz: the weights after two steps; OUT.first.npz: the first step's gradients averaged over ranks, then the
+non-trainable weights (batch norm's moving statistics) after it. Adam's first update is lr x sign(gradient), so
+where float sums in another order flip the sign of a near-zero gradient the weights differ by up to 2 lr: the
+gradients, not the weights, are what np=2 x b and np=1 x 2b must agree on exactly.
 """
 
 import sys
@@ -36,8 +40,22 @@ engine.broadcast(model.variables + optimizer_variables(opt))
 x, y = make_samples(global_batch, crop, 2, seed=3)
 b = global_batch // world.size
 sl = slice(world.rank * b, (world.rank + 1) * b)
-step = make_train_step(model, opt, make_loss("dice_ce"), engine, fused=fused)
+loss_fn = make_loss("dice_ce")
+
+
+def first_gradients(xb: tf.Tensor, yb: tf.Tensor) -> list[tf.Tensor]:
+    with tf.GradientTape() as tape:
+        loss = loss_fn(yb, model(xb, training=True))
+    return engine.reduce_gradients(tape.gradient(loss, model.trainable_variables), fused=True)
+
+
+grads = [g.numpy() for g in engine.compile_step(first_gradients)(tf.constant(x[sl]), tf.constant(y[sl]))]
+stats = [w.numpy() for w in model.non_trainable_weights]  # every rank reads (sync-on-read under MWMS)
+if world.is_root:
+    np.savez(out.replace(".npz", ".first.npz"), *grads, *stats)
+step = make_train_step(model, opt, loss_fn, engine, fused=fused)
 for _ in range(2):
     step(tf.constant(x[sl]), tf.constant(y[sl]))
-if world.is_root:
-    np.savez(out, *[w.numpy() for w in model.weights])
+weights = [w.numpy() for w in model.weights]  # on every rank: batch norm's moving statistics under MWMS are
+if world.is_root:                              # sync-on-read, and reading one is a collective
+    np.savez(out, *weights)
