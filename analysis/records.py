@@ -18,10 +18,13 @@ PATH_KEY = "_path"
 PHASES = ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "input_setup_s", "bookkeeping_s",
           "other_s", "train_share")  # added to each loaded record: the record file it came from
 
+UNKNOWN_SYSTEM = "unknown system"  # the system label of a record written before records named their system
+
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
-# compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
+# compared with each other. Seeds, names, output folders and epochs do not change the cost of a step; the system a
+# run ran on does, so runs of one spec on two systems are never pooled.
 SETTINGS = (
-    "backend", "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
+    "system", "backend", "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
     "source", "sweep_mode", "benchmark",
 )
 
@@ -75,6 +78,21 @@ def _text(value: Any) -> Any:
     return value
 
 
+def system_label(record: dict[str, Any]) -> str:
+    """The short name of the system a run ran on (record.system.label), "unknown system" for older records."""
+    label = _get(record, "system", "label")
+    return label.strip() if isinstance(label, str) and label.strip() else UNKNOWN_SYSTEM
+
+
+def systems(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """System label -> how many of the records ran on it, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for record in records:
+        label = system_label(record)
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def engine_label(record: dict[str, Any]) -> str:
     """"horovod/mpi", "horovod/gloo", "mwms/ring", "mpi/mpi"...: an engine and what carried its collectives, the
     pair a communication baseline must match. Records from before `engine.transport` existed: Horovod's follows
@@ -99,6 +117,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "run": record.get("name") or (run_dir(record) or Path("")).name or record.get("run_id"),
         "path": record.get(PATH_KEY),
         "status": record.get("status"),
+        "system": system_label(record),
         "np": int(world),
         "batch_size": batch,
         "global_batch": timing.get("global_batch") or (batch * world if batch else None),

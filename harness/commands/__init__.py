@@ -16,5 +16,6 @@ COMMANDS = (
     "comm",
     "sweep",
     "analyze",
+    "compare",
     "demo",
 )
