@@ -200,35 +200,48 @@ def comm_png(table: pd.DataFrame, records: list[dict], path: str | Path) -> Path
     return _save(fig, path)
 
 
+LABELLED = 40  # up to this many points a panel names each one; past it the points are drawn sorted by B/A
+
+
 def compare_png(rows: pd.DataFrame, path: str | Path, threshold: float = 0.05) -> Path:
     """B/A with its 95% CI per point, one panel per metric (`analysis.compare` rows): red where B is worse, green
-    where better, grey where there is no significant change, hollow without a verdict; the band is the threshold."""
+    where better, grey where there is no significant change, hollow without a verdict; the band is the threshold.
+    A panel of more than LABELLED points draws them sorted by B/A, unnamed (the CSV names them)."""
     from analysis.points import BY_NAME
 
     plt = _plt()
     rows = rows[rows["ratio"].notna()]
     metrics = list(dict.fromkeys(rows["metric"]))
-    heights = [max(1.2, 0.32 * (rows["metric"] == m).sum() + 0.9) for m in metrics]
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8.5, sum(heights) + 0.6), dpi=110, squeeze=False,
+    counts = [int((rows["metric"] == m).sum()) for m in metrics]
+    heights = [1.4 + 0.3 * min(n, LABELLED) for n in counts]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8.5, min(sum(heights), 40) + 0.6), dpi=110, squeeze=False,
                              gridspec_kw={"height_ratios": heights})
     sides = rows["side"].nunique() > 1
-    for ax, name in zip(axes[:, 0], metrics):
-        g = rows[rows["metric"] == name].reset_index(drop=True)
-        y = np.arange(len(g))[::-1]
+    for ax, name, n in zip(axes[:, 0], metrics, counts):
+        g = rows[rows["metric"] == name]
+        named = n <= LABELLED
+        g = g.reset_index(drop=True) if named else g.sort_values("ratio", kind="stable").reset_index(drop=True)
+        y = np.arange(len(g))[::-1] if named else np.arange(len(g))
         ax.axvspan(1 - threshold, 1 + threshold, color="grey", alpha=0.12, lw=0)
         ax.axvline(1.0, color="black", lw=0.8)
         m = BY_NAME.get(name)
-        for yi, r in zip(y, g.itertuples()):
-            colour = "C2" if m and r.verdict == m.better else "C3" if m and r.verdict == m.worse else "C7"
-            err = None
-            if not (np.isnan(r.ratio_ci_low) or np.isnan(r.ratio_ci_high)):
-                err = [[max(0.0, r.ratio - r.ratio_ci_low)], [max(0.0, r.ratio_ci_high - r.ratio)]]
-            ax.errorbar([r.ratio], [yi], xerr=err, fmt="o", color=colour, capsize=3,
-                        mfc="white" if r.verdict == "no verdict" else colour)
-        labels = [f"{r.side}: {r.label}" if sides else r.label for r in g.itertuples()]
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.set_ylim(-0.7, len(g) - 0.3)
-        ax.set_title(f"{name}: B / A with 95% CI", fontsize=9)
+        kind = np.where(g["verdict"] == (m.better if m else ""), "C2",
+                        np.where(g["verdict"] == (m.worse if m else ""), "C3", "C7"))
+        low = (g["ratio"] - g["ratio_ci_low"]).clip(lower=0).fillna(0).to_numpy(float)
+        high = (g["ratio_ci_high"] - g["ratio"]).clip(lower=0).fillna(0).to_numpy(float)
+        for colour in ("C7", "C3", "C2"):  # one call per colour: thousands of points stay cheap
+            for hollow in (False, True):
+                sel = (kind == colour) & ((g["verdict"] == "no verdict").to_numpy() == hollow)
+                if sel.any():
+                    ax.errorbar(g["ratio"].to_numpy(float)[sel], y[sel], xerr=np.vstack([low[sel], high[sel]]), fmt="o",
+                                color=colour, capsize=3 if named else 0, ms=5 if named else 2,
+                                mfc="white" if hollow else colour, elinewidth=1 if named else 0.5)
+        if named:
+            ax.set_yticks(y, [f"{r.side}: {r.label}" if sides else r.label for r in g.itertuples()], fontsize=7)
+            ax.set_ylim(-0.7, len(g) - 0.3)
+        else:
+            ax.set(ylabel="points, sorted by B/A")
+        ax.set_title(f"{name}: B / A with 95% CI ({n} point{'s' if n != 1 else ''})", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel(f"ratio B / A (band: ±{100 * threshold:g}%)")
     return _save(fig, path)
