@@ -280,7 +280,9 @@ class Comparison:
 
     def header(self) -> list[str]:
         """The systems on every side and the verdicts, as the first lines of every output."""
-        lines = ["compare: B ÷ A per point (points matched by their run settings; repeats, system and paths left out)"]
+        others = "B" if len(self.sides) == 2 else ", ".join(s.name for s in self.sides[1:]) + " each"
+        lines = [f"compare: {others} ÷ A per point (points matched by their run settings; repeats, system and paths "
+                 "left out)"]
         lines += [f"  {s.describe()}" for s in self.sides]
         m = BY_NAME[PRIMARY]
         for s in self.sides[1:]:
@@ -340,9 +342,10 @@ def display(comparison: Comparison, metric: str, references: pd.DataFrame | None
         row.update(point=r["point"], label=r["label"])
         if several:
             row["system"] = r["system_a"] if r["system_a"] == r["system_b"] else f"{r['system_a']} -> {r['system_b']}"
+        other = "B" if len(comparison.sides) == 2 else "side's"  # several sides: the row's side column says which
         row["A"] = _side_cell(r["a"], r["a_cv"], r["a_n"])
-        row["B" if len(comparison.sides) == 2 else "other"] = _side_cell(r["b"], r["b_cv"], r["b_n"])
-        row["B/A [95% CI]"] = _ratio_cell(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"])
+        row[other] = _side_cell(r["b"], r["b_cv"], r["b_n"])
+        row[f"{other}/A [95% CI]"] = _ratio_cell(r["ratio"], r["ratio_ci_low"], r["ratio_ci_high"])
         row["change"] = "-" if math.isnan(r["change_pct"]) else f"{r['change_pct']:+.1f}%"
         row["p"] = "-" if math.isnan(r["p_value"]) else f"{r['p_value']:.2g}"
         row["verdict"] = r["verdict"]

@@ -4,7 +4,8 @@ A point is what a sweep plans once and repeats: the run's identity (`harness.con
 config without output folder, name and tags) with its rank count and without its repeat number, so two results
 folders, or two parts of one, line up point by point whatever folder, repeat or time their runs had. Paths (the
 checkpoint a run started from, the store and split files) count only as set or not: two clusters keep the same data
-under different paths. A transfer study repeats its runs by seed, so there the seed is a repeat too. Runs of two
+under different paths. A transfer study repeats its runs by seed, so there the seed is a repeat too (as in the
+transfer table: `bratsbench transfer`'s runs and a training sweep's scratch and transfer runs). Runs of two
 systems (record.system.label) are never one point's repeats. A point's ID is `harness.record.run_id` of that
 identity; for a sweep point whose config holds no path it is the run ID of its first repeat (RESULTS/runs/<ID>).
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from analysis.records import system_label
-from analysis.transfer import SCRATCH, reach, region_dice, variant
+from analysis.transfer import SCRATCH, reach, region_dice, study_run, variant
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.record import run_id
@@ -96,8 +97,9 @@ class Point:
 
 
 def is_study(record: dict[str, Any]) -> bool:
-    """A run of a transfer study (pre-training, fine-tuning or scratch): its seed is a repeat."""
-    return bool(((record.get("extra") or {}).get("transfer") or {}).get("role"))
+    """A run of a transfer study (pre-training, fine-tuning or scratch; `bratsbench transfer`'s, or a training
+    sweep's scratch and transfer runs): its seed is a repeat."""
+    return bool(study_run(record).get("role"))
 
 
 _IDENTITY_CACHE: dict[str, dict[str, Any]] = {}

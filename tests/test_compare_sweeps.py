@@ -28,7 +28,9 @@ SPEC = {
               "train": {"benchmark": True, "bench_warmup": 2, "bench_steps": 6, "threads": 1}},
     "timeout_s": 600,
 }
-FAIL_IF_SLOWER = "10"  # %: without oneDNN a step is several times slower; an unchanged rerun moves a few %
+# %: without oneDNN a step is ~7 times slower; unchanged interleaved reruns on two shared cores differed by up to 4%
+# in throughput (all three repeats apart: p 0.1) and 6% in p90 step time, so the verdict's threshold is 10%, not 5%
+THRESHOLD = FAIL_IF_SLOWER = "10"
 
 
 def _sweep_round(spec, out, repeat: int, env: dict[str, str]) -> None:
@@ -49,15 +51,17 @@ def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unch
             _sweep_round(spec, out, repeat, env)
     swept = time.perf_counter() - t0
 
-    code, out, err = cli("compare", str(base), str(again), "--fail-if-slower", FAIL_IF_SLOWER,
+    code, out, err = cli("compare", str(base), str(again), "--threshold", THRESHOLD, "--fail-if-slower", FAIL_IF_SLOWER,
                          "--out", str(tmp_path / "same"))
     assert code == 0, out + err
     same = pd.read_csv(tmp_path / "same" / "compare.csv")
     thr = same[same["metric"] == "throughput"]
     assert len(thr) == 2 and set(thr["verdict"]) == {"~"}, thr.to_string()
-    assert thr["ratio"].between(0.95, 1.05).all(), thr.to_string()
+    assert thr["ratio"].between(0.9, 1.1).all(), thr.to_string()
+    steady = same[same["metric"].isin(["throughput", "step_p50_ms", "peak_host_mem_mb"])]  # tails of 6 steps vary more
+    assert set(steady["verdict"]) == {"~"}, same[["label", "metric", "ratio", "p_value", "verdict"]].to_string()
 
-    code, out, err = cli("compare", str(base), str(other), "--fail-if-slower", FAIL_IF_SLOWER,
+    code, out, err = cli("compare", str(base), str(other), "--threshold", THRESHOLD, "--fail-if-slower", FAIL_IF_SLOWER,
                          "--out", str(tmp_path / "other"))
     assert code == 1, out + err
     slow = pd.read_csv(tmp_path / "other" / "compare.csv")
