@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,6 +45,7 @@ from harness.errors import UserError
 
 MIN_REPEATS = 3
 NA, SAME = "no verdict", "~"
+LISTED = 40  # the terminal lists every point of a metric up to this many; past it, the points that changed
 
 
 def _versions(record: dict[str, Any]) -> str:
@@ -227,23 +229,25 @@ def match(a: dict[tuple[str, str], Point], b: dict[tuple[str, str], Point], a_na
 
 
 def _cv(values: Sequence[float]) -> float:
-    import numpy as np
-
-    a = np.asarray(values, dtype=float)
-    return float(a.std(ddof=1) / abs(a.mean())) if a.size > 1 and a.mean() != 0 else math.nan
+    """sd (ddof 1) / mean, as analysis.stats computes it (NaN for one value or a zero mean)."""
+    n = len(values)
+    if n < 2:
+        return math.nan
+    mean = math.fsum(values) / n
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in values) / (n - 1))
+    return sd / abs(mean) if mean != 0 else math.nan
 
 
 def compare_pairs(pairs: Sequence[tuple[Point, Point]], rule: Rule, side: str = "B",
                   metrics: Sequence[Metric] = METRICS) -> list[dict[str, Any]]:
     """One row per matched point and metric both sides measured, in metric order."""
-    import numpy as np
-
     todo = [(m, pa, pb) for m in metrics for pa, pb in pairs if pa.values.get(m.name) and pb.values.get(m.name)]
     ps = mann_whitney_ps([(pb.values[m.name], pa.values[m.name]) for m, pa, pb in todo])
     rows = []
     for (m, pa, pb), p in zip(todo, ps):
         a, b = pa.values[m.name], pb.values[m.name]
-        if np.median(a) == 0:
+        med_a, med_b = statistics.median(a), statistics.median(b)
+        if med_a == 0:
             ratio, low, high = math.nan, math.nan, math.nan
         else:
             ratio, low, high = ratio_of_medians_ci(b, a, rule.level)
@@ -252,8 +256,8 @@ def compare_pairs(pairs: Sequence[tuple[Point, Point]], rule: Rule, side: str = 
         noisy = [n for n, cv in (("A", cv_a), (side, cv_b)) if cv > WIDE_CV]
         rows.append({
             "side": side, "point": pa.id, "label": pa.label, "system_a": pa.system, "system_b": pb.system,
-            "metric": m.name, "unit": m.unit, "a": float(np.median(a)), "a_n": len(a), "a_cv": cv_a,
-            "b": float(np.median(b)), "b_n": len(b), "b_cv": cv_b, "ratio": ratio, "ratio_ci_low": low,
+            "metric": m.name, "unit": m.unit, "a": float(med_a), "a_n": len(a), "a_cv": cv_a,
+            "b": float(med_b), "b_n": len(b), "b_cv": cv_b, "ratio": ratio, "ratio_ci_low": low,
             "ratio_ci_high": high, "change_pct": 100 * (ratio - 1), "p_value": p, "verdict": verdict, "why": why,
             "noisy": ", ".join(noisy),
         })
@@ -438,7 +442,14 @@ def terminal_text(comparison: Comparison | None, references: pd.DataFrame | None
     if comparison is not None:
         lines += comparison.header()
         for title, table in sections(comparison, references):
-            lines += ["", f"== {title}", terminal(table)]
+            lines += ["", f"== {title}"]
+            if "verdict" in table and len(table) > LISTED:  # thousands of points: the changes, and a count of the rest
+                changed = table[table["verdict"] != SAME]
+                lines += [terminal(changed)] if len(changed) else []
+                lines.append(f"... and {len(table) - len(changed)} more point(s) with no significant change "
+                             "(compare.md and compare.csv list every one)")
+            else:
+                lines.append(terminal(table))
     if references is not None:
         lines += ["", "== references", terminal(references.drop(columns=["lower", "upper"])) if not references.empty
                   else "(none checked)"]

@@ -206,7 +206,7 @@ LABELLED = 40  # up to this many points a panel names each one; past it the poin
 def compare_png(rows: pd.DataFrame, path: str | Path, threshold: float = 0.05) -> Path:
     """B/A with its 95% CI per point, one panel per metric (`analysis.compare` rows): red where B is worse, green
     where better, grey where there is no significant change, hollow without a verdict; the band is the threshold.
-    A panel of more than LABELLED points draws them sorted by B/A, unnamed (the CSV names them)."""
+    A panel of more than LABELLED points draws them sorted by B/A, unnamed, the CIs as a band (the CSV names them)."""
     from analysis.points import BY_NAME
 
     plt = _plt()
@@ -227,15 +227,19 @@ def compare_png(rows: pd.DataFrame, path: str | Path, threshold: float = 0.05) -
         m = BY_NAME.get(name)
         kind = np.where(g["verdict"] == (m.better if m else ""), "C2",
                         np.where(g["verdict"] == (m.worse if m else ""), "C3", "C7"))
+        ratio = g["ratio"].to_numpy(float)
+        if not named:  # thousands of points: the CIs as one band, the ratios as one scatter
+            ax.fill_betweenx(y, g["ratio_ci_low"].fillna(g["ratio"]), g["ratio_ci_high"].fillna(g["ratio"]), color="C7",
+                             alpha=0.3, lw=0, step="mid")
+            ax.scatter(ratio, y, c=kind, s=4, zorder=3)
         low = (g["ratio"] - g["ratio_ci_low"]).clip(lower=0).fillna(0).to_numpy(float)
         high = (g["ratio_ci_high"] - g["ratio"]).clip(lower=0).fillna(0).to_numpy(float)
-        for colour in ("C7", "C3", "C2"):  # one call per colour: thousands of points stay cheap
+        for colour in ("C7", "C3", "C2") if named else ():
             for hollow in (False, True):
                 sel = (kind == colour) & ((g["verdict"] == "no verdict").to_numpy() == hollow)
                 if sel.any():
-                    ax.errorbar(g["ratio"].to_numpy(float)[sel], y[sel], xerr=np.vstack([low[sel], high[sel]]), fmt="o",
-                                color=colour, capsize=3 if named else 0, ms=5 if named else 2,
-                                mfc="white" if hollow else colour, elinewidth=1 if named else 0.5)
+                    ax.errorbar(ratio[sel], y[sel], xerr=np.vstack([low[sel], high[sel]]), fmt="o", color=colour,
+                                capsize=3, ms=5, mfc="white" if hollow else colour)
         if named:
             ax.set_yticks(y, [f"{r.side}: {r.label}" if sides else r.label for r in g.itertuples()], fontsize=7)
             ax.set_ylim(-0.7, len(g) - 0.3)

@@ -135,8 +135,18 @@ def identity(record: dict[str, Any], ignore: Sequence[tuple[str, str]] = ()) -> 
     return ident
 
 
+_ID_CACHE: dict[tuple[Any, ...], str] = {}
+
+
 def point_id(record: dict[str, Any], ignore: Sequence[tuple[str, str]] = ()) -> str:
-    return run_id(identity(record, ignore))
+    """harness.record.run_id of the point's identity (computed once per distinct config: sides share them)."""
+    cfg = {k: v for k, v in (record.get("config") or {}).items() if k not in ("out", "name", "tags", "repeat")}
+    np_ = record.get("world_size") or ((record.get("extra") or {}).get("sweep") or {}).get("np") or 1
+    key = (json.dumps(cfg, sort_keys=True, default=str), is_study(record), tuple(ignore), int(np_))
+    found = _ID_CACHE.get(key)
+    if found is None:
+        found = _ID_CACHE[key] = run_id(identity(record, ignore))
+    return found
 
 
 def label(record: dict[str, Any]) -> str:
