@@ -464,3 +464,21 @@ def test_analyze_on_one_system_shows_no_system_column(tmp_path):
     t = tables.scaling_table(two)
     assert set(t["system"]) == {EPYC, "unknown system"}
     assert t[t["system"] == "unknown system"]["throughput"].tolist() == pytest.approx([5.0, 9.0])
+
+
+def test_many_points_list_the_changes_and_draw_every_point(tmp_path, cli):
+    """Past 40 points the terminal lists the points that changed and counts the rest; files keep every point."""
+    a = write(tmp_path / "a", [r for s in range(45) for r in series(1, [10.0, 10.1, 9.9], seed=s)])
+    b = write(tmp_path / "b", [r for s in range(45) for r in series(1, [8.0, 8.1, 7.9] if s == 7 else [10.0, 10.2, 9.8],
+                                                                       seed=s)])
+    code, out, err = cli("compare", str(a), str(b), "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    section = out.split("== throughput")[1].split("==")[0]
+    assert "np1-b2-k0-scratch-s7 " in section and "np1-b2-k0-scratch-s8 " not in section
+    assert "... and 44 more point(s) with no significant change" in section
+    rows = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert (rows["metric"] == "throughput").sum() == 45
+    assert (tmp_path / "cmp" / "compare.md").read_text().count("np1-b2-k0-scratch-s") >= 45 * 4
+    from tests.test_analysis import assert_png
+
+    assert_png(tmp_path / "cmp" / "compare.png")
