@@ -129,7 +129,8 @@ class Side:
 
     def describe(self) -> str:
         systems = "; ".join(f"{s} ({n} run{'s' if n != 1 else ''})" for s, n in self.systems.items()) or "no finished runs"
-        return f"{self.name}: {self.source}: {systems}, {len(self.points)} point{'s' if len(self.points) != 1 else ''}"
+        source = "" if list(self.systems) == [self.source] else f"{self.source}: "  # --by system: the label once
+        return f"{self.name}: {source}{systems}, {len(self.points)} point{'s' if len(self.points) != 1 else ''}"
 
 
 def _natural(text: str) -> list:

@@ -84,9 +84,12 @@ def phases_section(records: list[dict], out: Path) -> Section:
         s.skipped = "no record has phases (written by bratsbench train since 3/4)"
         return s
     _write(table, out, "phases", s)
-    for kind, runs in table.groupby("kind", sort=True):  # benchmark points are mostly start-up: never mixed in
+    keys = ["system", "kind"] if "system" in table else ["kind"]  # two systems, like the two kinds, are never mixed
+    for key, runs in table.groupby(keys, sort=True):  # benchmark points are mostly start-up: never mixed in
+        kind = key[-1] if isinstance(key, tuple) else key
+        where = f" on {key[0]}" if len(keys) == 2 else ""
         share = runs["train_share"]
-        s.notes.append(f"{kind} runs: training steps take a median {100 * share.median():.0f}% of the wall time "
+        s.notes.append(f"{kind} runs{where}: training steps take a median {100 * share.median():.0f}% of the wall time "
                        f"(min {100 * share.min():.0f}%, max {100 * share.max():.0f}%, {len(runs)} run{'s' * (len(runs) != 1)}); "
                        f"start-up a "
                        f"median {runs['to_first_step_s'].median():.1f} s")

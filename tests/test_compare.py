@@ -482,3 +482,11 @@ def test_many_points_list_the_changes_and_draw_every_point(tmp_path, cli):
     from tests.test_analysis import assert_png
 
     assert_png(tmp_path / "cmp" / "compare.png")
+
+
+def test_analyze_notes_per_system(tmp_path, cli):
+    res = write(tmp_path / "r", [*series(1, [10.0, 10.2, 9.8]), *series(1, [40.0, 41.0, 39.0], system=H100)])
+    code, out, err = cli("analyze", str(res))
+    assert code == 0, err
+    notes = [line for line in out.splitlines() if line.startswith("note: benchmark runs")]
+    assert len(notes) == 2 and any(EPYC in n for n in notes) and any(H100 in n for n in notes)
