@@ -34,7 +34,7 @@ from common import REPO, env, tmpdir  # noqa: E402
 sys.path.insert(0, str(REPO))
 
 SYSTEM = {
-    "label": "AMD EPYC 9B14 (AVX-512) x2 cores, TF 2.18.1 CPU",
+    "label": "AMD EPYC 9B14 (AVX-512), 2 cores, TF 2.18.1 CPU",
     "hosts": [{"hostname": "node1", "os": "Debian GNU/Linux 12", "kernel": "6.1.0-28-cloud-amd64",
                "cpu_model": "AMD EPYC 9B14", "sockets": 1, "cores": 2, "threads": 2,
                "isa": ["avx2", "avx512f", "avx512_bf16"], "mem_gib": 7.8, "gpus": [], "nvidia_smi": False}],

@@ -17,7 +17,7 @@ from scipy import stats as sps
 from analysis import compare, points, reference, stats, tables
 from harness.config import RunConfig
 
-EPYC = "AMD EPYC 9B14 (AVX-512) x2 cores, TF 2.18.1 CPU"
+EPYC = "AMD EPYC 9B14 (AVX-512), 2 cores, TF 2.18.1 CPU"
 H100 = "4x NVIDIA H100 80GB HBM3, TF 2.18.1 CUDA 12.5"
 
 
