@@ -490,3 +490,17 @@ def test_analyze_notes_per_system(tmp_path, cli):
     assert code == 0, err
     notes = [line for line in out.splitlines() if line.startswith("note: benchmark runs")]
     assert len(notes) == 2 and any(EPYC in n for n in notes) and any(H100 in n for n in notes)
+
+
+def test_the_scaling_model_takes_its_baseline_from_the_runs_own_system():
+    from analysis.report import _baseline_for
+
+    def comm(system, busbw):
+        rows = [{"op": "allreduce", "bytes": b, "time_us": 10 + b / (busbw * 1e3), "busbw_gb_s": busbw} for b in (8, 2**20, 2**24)]
+        return {"kind": "comm", "world_size": 2, "engine": {"name": "mpi"}, "system": {"label": system},
+                "comm": {"rows": rows}}
+
+    run = record(np_=2)  # on EPYC
+    assert _baseline_for(run, [comm(H100, 100.0)]) is None  # another system's link says nothing about this one
+    link = _baseline_for(run, [comm(H100, 100.0), comm(EPYC, 2.0)])
+    assert link is not None and link.busbw_gb_s == pytest.approx(2.0, rel=0.2)
