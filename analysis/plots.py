@@ -27,6 +27,16 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _groups(table: pd.DataFrame, by: str = "group"):
+    """(legend label, rows) per series; with a system column (several systems) each system's series is its own
+    line, labelled "group [system]", so two systems are never drawn as one."""
+    if "system" not in table:
+        yield from table.groupby(by, sort=False)
+        return
+    for (system, group), g in table.groupby(["system", by], sort=False):
+        yield f"{group} [{system}]", g
+
+
 def _ci_bars(g: pd.DataFrame, col: str) -> np.ndarray:
     """Asymmetric error bars (2 x n) from a table's `col`_ci_low/high; none (0) where a point has no CI."""
     low = (g[col] - g[f"{col}_ci_low"]).fillna(0).clip(lower=0)
@@ -39,10 +49,11 @@ def scaling_png(table: pd.DataFrame, kind: str, path: str | Path) -> Path:
     plt = _plt()
     data = table[table["scaling"] == kind]
     fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    for i, (group, g) in enumerate(data.groupby("group", sort=False)):
+    labels = list(dict(_groups(data)))
+    for i, (group, g) in enumerate(_groups(data)):
         colour = f"C{i % 10}"
         ax.errorbar(g["np"], g["throughput"], yerr=_ci_bars(g, "throughput"), marker="o", color=colour, label=group, capsize=3)
-        ax.plot(g["np"], g["ideal"], linestyle="--", color=colour, alpha=0.7, label=f"ideal ({group})" if len(data["group"].unique()) > 1 else "ideal (linear)")
+        ax.plot(g["np"], g["ideal"], linestyle="--", color=colour, alpha=0.7, label=f"ideal ({group})" if len(labels) > 1 else "ideal (linear)")
         ax_eff.errorbar(g["np"], 100 * g["efficiency"], yerr=100 * _ci_bars(g, "efficiency"), marker="o", color=colour,
                         label=group, capsize=3)
     ticks = sorted(data["np"].unique())
@@ -63,7 +74,7 @@ def batch_png(table: pd.DataFrame, path: str | Path) -> Path:
     """Step time and time per sample vs per-rank batch size."""
     plt = _plt()
     fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
-    for i, (group, g) in enumerate(table.groupby("group", sort=False)):
+    for i, (group, g) in enumerate(_groups(table)):
         ax.errorbar(g["batch_size"], g["step_time_ms"], yerr=g["step_time_sd_ms"].fillna(0), marker="o", color=f"C{i % 10}", label=group, capsize=3)
         ax_s.plot(g["batch_size"], g["ms_per_sample"], marker="o", color=f"C{i % 10}", label=group)
     ticks = sorted(table["batch_size"].unique())
@@ -80,14 +91,15 @@ def freeze_png(table: pd.DataFrame, path: str | Path) -> Path:
     """Step time and trainable parameters relative to freeze depth 0."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
-    multi = table["group"].nunique() > 1
-    for i, (group, g) in enumerate(table.groupby("group", sort=False)):
+    series = list(_groups(table))
+    multi = len(series) > 1
+    for i, (group, g) in enumerate(series):
         suffix = f" ({group})" if multi else ""
         ax.plot(g["freeze_depth"], g["step_time_rel"], marker="o", color=f"C{i % 10}", label=f"step time{suffix}")
         ax.plot(g["freeze_depth"], g["params_rel"], marker="s", linestyle=":", color=f"C{i % 10}", label=f"trainable parameters{suffix}")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set(xlabel="frozen encoder levels (freeze depth)", ylabel="relative to freeze depth 0",
-           title="cost of training vs frozen levels" + ("" if multi else f"\n{table['group'].iloc[0]}"),
+           title="cost of training vs frozen levels" + ("" if multi else f"\n{series[0][0]}"),
            xticks=sorted(table["freeze_depth"].unique()))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -108,7 +120,9 @@ def learning_curves_png(curves: dict[str, pd.DataFrame], path: str | Path) -> Pa
                 x_values = c["epoch"]
             else:
                 x_values = c[x]
-            style = dict(color="black", linestyle="--") if condition == "scratch" else dict(color=f"C{i % 10}")
+            scratch = condition == "scratch" or condition.startswith("scratch [")  # "variant [system]": several systems
+            style = dict(color="black" if condition == "scratch" else f"C{i % 10}", linestyle="--") if scratch \
+                else dict(color=f"C{i % 10}")
             seeds = int(c["size"].max())
             ax.plot(x_values, c["mean"], marker="o", markersize=3, label=f"{condition} ({seeds} seed{'s' if seeds != 1 else ''})", **style)
             if c["ci_low"].notna().any():
@@ -170,8 +184,10 @@ def comm_png(table: pd.DataFrame, records: list[dict], path: str | Path) -> Path
     grads = {(r.get("comm") or {}).get("gradient_bytes") for r in records} - {None}
     fusion = {(r.get("comm") or {}).get("fusion_bytes") for r in records} - {None, 0}
     for ax, op in zip(axes[0], ops):
-        for (backend, n), g in table[table["op"] == op].groupby(["backend", "np"], sort=False):
-            ax.plot(g["bytes"], g["busbw_gb_s"], marker="o", ms=3, label=f"{backend}, np={n}")
+        keys = ["system", "backend", "np"] if "system" in table else ["backend", "np"]
+        for key, g in table[table["op"] == op].groupby(keys, sort=False):
+            system = f" [{key[0]}]" if len(key) == 3 else ""
+            ax.plot(g["bytes"], g["busbw_gb_s"], marker="o", ms=3, label=f"{key[-2]}, np={key[-1]}{system}")
         for b in grads:
             ax.axvline(b, color="black", ls="--", lw=0.8, label="model gradients")
         for b in fusion:
@@ -181,4 +197,55 @@ def comm_png(table: pd.DataFrame, records: list[dict], path: str | Path) -> Path
         ax.set(xlabel="message size (bytes)", ylabel="bus bandwidth (GB/s)", title=op)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+LABELLED = 40  # up to this many points a panel names each one; past it the points are drawn sorted by B/A
+
+
+def compare_png(rows: pd.DataFrame, path: str | Path, threshold: float = 0.05) -> Path:
+    """B/A with its 95% CI per point, one panel per metric (`analysis.compare` rows): red where B is worse, green
+    where better, grey where there is no significant change, hollow without a verdict; the band is the threshold.
+    A panel of more than LABELLED points draws them sorted by B/A, unnamed, the CIs as a band (the CSV names them)."""
+    from analysis.points import BY_NAME
+
+    plt = _plt()
+    rows = rows[rows["ratio"].notna()]
+    metrics = list(dict.fromkeys(rows["metric"]))
+    counts = [int((rows["metric"] == m).sum()) for m in metrics]
+    heights = [1.4 + 0.3 * min(n, LABELLED) for n in counts]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8.5, min(sum(heights), 40) + 0.6), dpi=110, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    sides = rows["side"].nunique() > 1
+    for ax, name, n in zip(axes[:, 0], metrics, counts):
+        g = rows[rows["metric"] == name]
+        named = n <= LABELLED
+        g = g.reset_index(drop=True) if named else g.sort_values("ratio", kind="stable").reset_index(drop=True)
+        y = np.arange(len(g))[::-1] if named else np.arange(len(g))
+        ax.axvspan(1 - threshold, 1 + threshold, color="grey", alpha=0.12, lw=0)
+        ax.axvline(1.0, color="black", lw=0.8)
+        m = BY_NAME.get(name)
+        kind = np.where(g["verdict"] == (m.better if m else ""), "C2",
+                        np.where(g["verdict"] == (m.worse if m else ""), "C3", "C7"))
+        ratio = g["ratio"].to_numpy(float)
+        if not named:  # thousands of points: the CIs as one band, the ratios as one scatter
+            ax.fill_betweenx(y, g["ratio_ci_low"].fillna(g["ratio"]), g["ratio_ci_high"].fillna(g["ratio"]), color="C7",
+                             alpha=0.3, lw=0, step="mid")
+            ax.scatter(ratio, y, c=kind, s=4, zorder=3)
+        low = (g["ratio"] - g["ratio_ci_low"]).clip(lower=0).fillna(0).to_numpy(float)
+        high = (g["ratio_ci_high"] - g["ratio"]).clip(lower=0).fillna(0).to_numpy(float)
+        for colour in ("C7", "C3", "C2") if named else ():
+            for hollow in (False, True):
+                sel = (kind == colour) & ((g["verdict"] == "no verdict").to_numpy() == hollow)
+                if sel.any():
+                    ax.errorbar(ratio[sel], y[sel], xerr=np.vstack([low[sel], high[sel]]), fmt="o", color=colour,
+                                capsize=3, ms=5, mfc="white" if hollow else colour)
+        if named:
+            ax.set_yticks(y, [f"{r.side}: {r.label}" if sides else r.label for r in g.itertuples()], fontsize=7)
+            ax.set_ylim(-0.7, len(g) - 0.3)
+        else:
+            ax.set(ylabel="points, sorted by B/A")
+        ax.set_title(f"{name}: B / A with 95% CI ({n} point{'s' if n != 1 else ''})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel(f"ratio B / A (band: ±{100 * threshold:g}%)")
     return _save(fig, path)

@@ -5,9 +5,11 @@ Every later table is built from these rows, so the field names here are the voca
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 
@@ -18,28 +20,57 @@ PATH_KEY = "_path"
 PHASES = ("wall_s", "to_first_step_s", "steps_s", "validation_s", "checkpoint_s", "input_setup_s", "bookkeeping_s",
           "other_s", "train_share")  # added to each loaded record: the record file it came from
 
+UNKNOWN_SYSTEM = "unknown system"  # the system label of a record written before records named their system
+
 # Settings that change what a step costs; runs that agree on all of them (apart from the one a table varies) are
-# compared with each other. Seeds, names, output folders and epochs do not change the cost of a step.
+# compared with each other. Seeds, names, output folders and epochs do not change the cost of a step; the system a
+# run ran on does, so runs of one spec on two systems are never pooled.
 SETTINGS = (
-    "backend", "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
+    "system", "backend", "modalities", "crop", "base_filters", "depth", "norm", "amp", "xla", "loss", "threads",
     "source", "sweep_mode", "benchmark",
 )
 
 
 def find_record_paths(results: str | Path) -> list[Path]:
-    """Records of RESULTS/runs/* first, then any other record below RESULTS (each file once)."""
-    root = Path(results)
-    seen: dict[Path, None] = {}
-    for path in [*sorted(root.glob(f"runs/*/{RECORD}")), *sorted(root.rglob(RECORD))]:
-        seen.setdefault(path.resolve(), None)
-    return list(seen)
+    """Records of RESULTS/runs/* first, then any other record below RESULTS (each file once: two paths to one file
+    through a symbolic link count once; one stat per file, not a path resolution, so 10,000 records stay cheap)."""
+    root = Path(results).resolve()
+    seen: dict[Any, Path] = {}
+    by_parts = lambda p: p.parts  # noqa: E731 - Path's own order, compared in C rather than by Path.__lt__
+    for path in [*sorted(root.glob(f"runs/*/{RECORD}"), key=by_parts), *sorted(root.rglob(RECORD), key=by_parts)]:
+        try:
+            st = path.stat()
+            key: Any = (st.st_dev, st.st_ino)
+        except OSError:  # a dangling link: kept, so that reading it costs the usual warning line
+            key = str(path)
+        seen.setdefault(key, path)
+    return list(seen.values())
 
 
 def load_records(results: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every readable run record below RESULTS; an unreadable one costs one warning line, not the analysis."""
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    with collector_paused():
+        return _load(find_record_paths(results), warn)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for a bounded piece of work over many records: parsed JSON makes no cycles
+    (reference counting frees it), and with 10,000 records alive the collector's passes over them took a quarter of
+    `compare`'s time. Whatever cycles the work makes are collected once it is back on."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load(paths: list[Path], warn: Callable[[str], None]) -> list[dict[str, Any]]:
     records = []
-    for path in find_record_paths(results):
+    for path in paths:
         try:
             record = read_record(path)
             if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
@@ -75,6 +106,21 @@ def _text(value: Any) -> Any:
     return value
 
 
+def system_label(record: dict[str, Any]) -> str:
+    """The short name of the system a run ran on (record.system.label), "unknown system" for older records."""
+    label = _get(record, "system", "label")
+    return label.strip() if isinstance(label, str) and label.strip() else UNKNOWN_SYSTEM
+
+
+def systems(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """System label -> how many of the records ran on it, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for record in records:
+        label = system_label(record)
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def engine_label(record: dict[str, Any]) -> str:
     """"horovod/mpi", "horovod/gloo", "mwms/ring", "mpi/mpi"...: an engine and what carried its collectives, the
     pair a communication baseline must match. Records from before `engine.transport` existed: Horovod's follows
@@ -99,6 +145,7 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
         "run": record.get("name") or (run_dir(record) or Path("")).name or record.get("run_id"),
         "path": record.get(PATH_KEY),
         "status": record.get("status"),
+        "system": system_label(record),
         "np": int(world),
         "batch_size": batch,
         "global_batch": timing.get("global_batch") or (batch * world if batch else None),

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis import plots, tables, transfer
-from analysis.records import engine_label, load_records, run_dir
+from analysis.records import engine_label, load_records, run_dir, system_label, systems
 from harness.errors import UserError
 from harness.outdir import ensure_output_dir
 from harness.rundir import RECORD, RunDir
@@ -29,6 +29,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     about: str = ""
+    failures: list[str] = field(default_factory=list)  # values outside their reference (what --check fails on)
 
     @property
     def pngs(self) -> list[Path]:
@@ -42,6 +43,19 @@ def _write(df: pd.DataFrame, out: Path, stem: str, section: Section, caption: st
     (out / f"{stem}.md").write_text((f"**{caption}**\n\n" if caption else "") + tables.markdown(shown) + "\n")
     section.files += [out / f"{stem}.md", out / f"{stem}.csv"]
     section.tables.append((caption, shown))
+
+
+def systems_section(records: list[dict], comm: list[dict], out: Path) -> Section:
+    """Each system the runs ran on, once, with how many runs it holds: the tables below never pool two systems and
+    name each row's system where more than one is present."""
+    s = Section("systems", "Systems the runs ran on", about=(
+        "A system is a record's system.label (CPU or GPU model and count, TensorFlow build; records written before "
+        "runs named their system: 'unknown system'). Runs of two systems are never pooled."))
+    train, baselines = systems(records), systems(comm)
+    rows = [{"system": label, "runs": train.get(label, 0), **({"comm runs": baselines.get(label, 0)} if comm else {})}
+            for label in dict.fromkeys([*train, *baselines])]
+    _write(pd.DataFrame(rows), out, "systems", s)
+    return s
 
 
 def scaling_section(records: list[dict], out: Path) -> Section:
@@ -70,9 +84,12 @@ def phases_section(records: list[dict], out: Path) -> Section:
         s.skipped = "no record has phases (written by bratsbench train since 3/4)"
         return s
     _write(table, out, "phases", s)
-    for kind, runs in table.groupby("kind", sort=True):  # benchmark points are mostly start-up: never mixed in
+    keys = ["system", "kind"] if "system" in table else ["kind"]  # two systems, like the two kinds, are never mixed
+    for key, runs in table.groupby(keys, sort=True):  # benchmark points are mostly start-up: never mixed in
+        kind = key[-1] if isinstance(key, tuple) else key
+        where = f" on {key[0]}" if len(keys) == 2 else ""
         share = runs["train_share"]
-        s.notes.append(f"{kind} runs: training steps take a median {100 * share.median():.0f}% of the wall time "
+        s.notes.append(f"{kind} runs{where}: training steps take a median {100 * share.median():.0f}% of the wall time "
                        f"(min {100 * share.min():.0f}%, max {100 * share.max():.0f}%, {len(runs)} run{'s' * (len(runs) != 1)}); "
                        f"start-up a "
                        f"median {runs['to_first_step_s'].median():.1f} s")
@@ -125,9 +142,10 @@ def mmd_section(results: Path, out: Path) -> Section:
 
 
 def profile_section(records: list[dict], out: Path, top: int = 10,
-                    breakdowns: list[tuple[dict, pd.DataFrame]] | None = None) -> Section:
+                    breakdowns: list[tuple[dict, pd.DataFrame]] | None = None, several: bool = False) -> Section:
     """Step-time breakdown, top ops and Horovod timeline of every run that holds profiler captures; each run's
-    per-step breakdown is also appended to `breakdowns` (for the scaling model)."""
+    per-step breakdown is also appended to `breakdowns` (for the scaling model). `several`: the records come from
+    more than one system, so each row names its run's system."""
     s = Section("profile", "Profiler: step-time breakdown per rank", about=(
         "Per rank, mean ms per profiled step. step_ms runs from the trainer's next(it) to the end of the step marker "
         "(marker_ms is the marker alone, as TensorBoard shows it). compute: some TF op runs; communication: a Horovod "
@@ -159,6 +177,8 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
             steps.append(per_step)
             summary = traces.summarize_breakdown(per_step.drop(columns="run"), record)
             summary.insert(0, "run", name)
+            if several:
+                summary.insert(1, "system", system_label(record))
             summaries.append(summary)
             for rank, xplane in captures.items():
                 try:
@@ -168,6 +188,8 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
                     continue
                 for t, into in ((by_name, ops), (by_type, op_types)):
                     t.insert(0, "rank", rank)
+                    if several:
+                        t.insert(0, "system", system_label(record))
                     t.insert(0, "run", name)
                     into.append(t)
             listed = _tensorboard_check(traces, folder, captures)
@@ -209,12 +231,32 @@ def profile_section(records: list[dict], out: Path, top: int = 10,
     return s
 
 
+def reference_section(checked: tuple[pd.DataFrame, list[str]], path: str, out: Path) -> Section:
+    """The references of a file checked against the median of their point's repeats on their system
+    (`analysis.reference.check`); the ones outside flagged."""
+    from analysis import reference
+
+    s = Section("reference", f"References ({path})", about=(
+        "Expected value per system and point with ReFrame-style tolerances (fractions of the value); measured is the "
+        "median over the point's repeats on that system; status ok, low, high or not measured."))
+    table, notes = checked
+    s.notes += notes
+    s.failures = reference.failures(table)
+    if table.empty:
+        s.skipped = "no reference of these runs' systems in the file"
+        return s
+    _write(table.drop(columns=["side", "lower", "upper"]), out, "references", s)
+    return s
+
+
 def _baseline_for(record: dict, comm: list[dict]) -> Any:
-    """This machine's measured allreduce baseline for a run: a comm record of the run's engine over the same
-    transport (Horovod over MPI and over Gloo differ 5x here) at its rank count, else of its engine over any
-    transport when the run's record does not say which, else raw MPI's; None without one."""
+    """This machine's measured allreduce baseline for a run: a comm record of the same system, of the run's engine
+    over the same transport (Horovod over MPI and over Gloo differ 5x here) at its rank count, else of its engine
+    over any transport when the run's record does not say which, else raw MPI's; None without one."""
     from analysis import scaling_model as sm
 
+    system = system_label(record)
+    comm = [c for c in comm if system_label(c) == system]  # another system's links say nothing about this one
     n, label = record.get("world_size") or 1, engine_label(record)
     engine = (record.get("engine") or {}).get("name")
     wants = [lambda c: engine_label(c) == label]
@@ -231,7 +273,8 @@ def _baseline_for(record: dict, comm: list[dict]) -> Any:
     return None
 
 
-def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path, comm: list[dict] | None = None) -> Section:
+def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path, comm: list[dict] | None = None,
+                  several: bool = False) -> Section:
     """Weak scaling to np = 512 predicted from each profiled run's compute, gradient bytes and overlap, on the
     stated interconnects and on this machine's measured baseline (comm records), against the run's own throughput."""
     from analysis import scaling_model as sm
@@ -252,12 +295,14 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path, comm: 
             s.notes.append(f"{name}: {exc}")
             continue
         here = _baseline_for(record, comm or [])
+        system = {"system": system_label(record)} if several else {}
         for link in [*([here] if here else []), *sm.INTERCONNECTS.values()]:
-            frames.append(sm.predict(inputs, link).assign(run=name))
+            frames.append(sm.predict(inputs, link).assign(run=name, **system))
         measured = (record.get("timing") or {}).get("throughput_samples_s")
         n = record.get("world_size") or 1
         if measured and here is not None:
-            pair = sm.against_measured(sm.predict(inputs, here, [n]), [(n, measured)]).assign(run=name, baseline=here.name)
+            pair = sm.against_measured(sm.predict(inputs, here, [n]), [(n, measured)]).assign(run=name, baseline=here.name,
+                                                                                              **system)
             compared.append(pair)
             exposed = per_step["communication_ms"].mean() if "communication_ms" in per_step else float("nan")
             s.notes.append(f"{name}: the baseline ({here.name}: busbw {here.busbw_gb_s:.3g} GB/s, latency "
@@ -276,11 +321,13 @@ def model_section(breakdowns: list[tuple[dict, pd.DataFrame]], out: Path, comm: 
         s.skipped = "no profiled run to take compute and overlap from (train --profile-steps A:B on np >= 1)"
         return s
     table = tables.concat(frames)
-    table = table[["run", "interconnect", "np", "allreduce_ms", "exposed_ms", "step_ms", "throughput", "efficiency"]]
+    table = table[["run", *(["system"] if several else []), "interconnect", "np", "allreduce_ms", "exposed_ms",
+                   "step_ms", "throughput", "efficiency"]]
     _write(table, out, "scaling_model", s, "predicted per rank count (weak scaling; throughput in samples/s)",
            table[table["np"].isin([1, 2, 8, 64, 512])])
     if compared:
-        both = tables.concat(compared)[["run", "baseline", "np", "predicted", "measured", "predicted / measured"]]
+        both = tables.concat(compared)[["run", *(["system"] if several else []), "baseline", "np", "predicted",
+                                            "measured", "predicted / measured"]]
         _write(both, out, "scaling_model_vs_measured", s, "predicted (this machine's measured baseline) against the "
                "run's own measured throughput (samples/s)", both)
     points = pd.DataFrame(dots, columns=["run", "np", "efficiency"])
@@ -320,28 +367,38 @@ def _tensorboard_check(traces: Any, folder: Path, captures: dict[int, Path]) -> 
 
 
 def build_report(results: str | Path, out: str | Path | None = None, top: int = 10,
-                 warn: Callable[[str], None] | None = None) -> tuple[list[Section], Path]:
-    """Write every section's files and report.md into OUT (default RESULTS/analysis); returns the sections."""
+                 warn: Callable[[str], None] | None = None, reference: str | Path | None = None
+                 ) -> tuple[list[Section], Path]:
+    """Write every section's files and report.md into OUT (default RESULTS/analysis); returns the sections.
+    `reference`: a reference file to check the points against (a bad file is a UserError before anything is written)."""
+    from analysis import points, reference as references
+
     results = Path(results)
+    refs = references.load(reference) if reference else None
     if not results.is_dir():
         raise UserError(f"results folder '{results}' does not exist")
     records = load_records(results, warn=warn)
     if not records:
         raise UserError(f"'{results}' holds no readable run records (no */{RECORD} below it)")
-    out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
     comm = [r for r in records if r.get("kind") == "comm"]
+    several = len(systems(records)) > 1
     records = [r for r in records if r.get("kind") != "comm"]
+    # a reference that names no point is an error before any file is written
+    checked = references.check(refs, {"": points.collect(records)}, str(reference)) if refs is not None else None
+    out = ensure_output_dir(out, "--out") if out else ensure_output_dir(results / "analysis", "analysis folder")
     breakdowns: list[tuple[dict, pd.DataFrame]] = []
     sections = [
+        systems_section(records, comm, out),
         scaling_section(records, out),
         phases_section(records, out),
         batch_section(records, out),
         freeze_section(records, out),
         transfer_section(records, out),
         mmd_section(results, out),
-        profile_section(records, out, top, breakdowns),
-        model_section(breakdowns, out, comm),
+        profile_section(records, out, top, breakdowns, several),
+        model_section(breakdowns, out, comm, several),
         comm_section(comm, out),
+        *([reference_section(checked, str(reference), out)] if checked is not None else []),
     ]
     (out / "report.md").write_text(render(sections, results, len(records), out))
     return sections, out / "report.md"

@@ -14,10 +14,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.records import PHASES, SETTINGS, engine_label, frame, settings_label, varying
+from analysis.records import PHASES, SETTINGS, engine_label, frame, settings_label, system_label, varying
 from harness.config import HEAD_ONLY
 
 COST_KEYS = (*SETTINGS, "freeze_depth")  # what must agree for two runs' step times to be comparable
+SYSTEM = "system"  # the column naming the system a row's runs ran on (shown only where several systems are)
 
 
 # ---------------------------------------------------------------- rendering
@@ -57,6 +58,22 @@ def terminal(df: pd.DataFrame, digits: int = 4) -> str:
 # ---------------------------------------------------------------- grouping helpers
 
 
+def several_systems(df: pd.DataFrame) -> bool:
+    """Whether the rows come from more than one system (then every table names each row's system)."""
+    return SYSTEM in df and df[SYSTEM].nunique() > 1
+
+
+def system_column(table: pd.DataFrame, show: bool) -> pd.DataFrame:
+    """`table` with its system column first where `show` (several systems), without it otherwise: on one system
+    the tables stay as they were."""
+    if SYSTEM not in table:
+        return table
+    if not show:
+        return table.drop(columns=SYSTEM)
+    return table[[SYSTEM, *[c for c in table.columns if c != SYSTEM]]]
+
+
+
 def _key_frame(records: Iterable[dict[str, Any]], need: str) -> pd.DataFrame:
     df = frame(records)
     if df.empty or need not in df:
@@ -92,7 +109,7 @@ def _series(df: pd.DataFrame, keys: Sequence[str], by: str, value: str) -> list[
 
 def _labels(series: list[tuple[pd.Series, pd.DataFrame]], keys: Sequence[str], fallback: str) -> list[str]:
     rows = [first for first, _ in series]
-    names = varying(rows, keys)
+    names = [k for k in varying(rows, keys) if k != SYSTEM]  # the system has its own column
     return [settings_label(first, names) or fallback for first in rows]
 
 
@@ -145,7 +162,7 @@ def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 speed = ratio_ci([thr.value], [base_median])
             scale = n / base_np
             rows.append({
-                "scaling": kind, "group": label, "np": n, "batch_size": p["batch_size"].iloc[0],
+                SYSTEM: g.iloc[0][SYSTEM], "scaling": kind, "group": label, "np": n, "batch_size": p["batch_size"].iloc[0],
                 "global_batch": p["global_batch"].iloc[0], "runs": len(p), "throughput": thr.value,
                 "throughput_ci_low": thr.low, "throughput_ci_high": thr.high, "throughput_cv": thr.cv,
                 "ideal": base_median * scale, "speedup": speed.value, "speedup_ci_low": speed.low,
@@ -154,7 +171,7 @@ def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "step_time_ms": float(p["step_time_s"].median()) * 1e3 if p["step_time_s"].notna().any() else math.nan,
                 "noisy": bool(thr.wide or (n != base_np and speed.wide)),
             })
-    return pd.DataFrame(rows, columns=SCALING_COLUMNS)
+    return system_column(pd.DataFrame(rows, columns=[SYSTEM, *SCALING_COLUMNS]), several_systems(df))
 
 
 def with_ci(value: float, low: float, high: float, digits: int = 3) -> str:
@@ -168,7 +185,7 @@ def with_ci(value: float, low: float, high: float, digits: int = 3) -> str:
 
 def scaling_view(table: pd.DataFrame) -> pd.DataFrame:
     """The scaling table as printed: each estimate with its 95% CI in brackets, the spread as CV in %."""
-    view = table[["scaling", "group", "np", "global_batch", "runs"]].copy()
+    view = table[[c for c in (SYSTEM, "scaling", "group", "np", "global_batch", "runs") if c in table]].copy()
     for col in ("throughput", "speedup", "efficiency"):
         view[col if col != "throughput" else "throughput (samples/s)"] = [
             with_ci(v, lo, hi) for v, lo, hi in zip(table[col], table[f"{col}_ci_low"], table[f"{col}_ci_high"])]
@@ -184,19 +201,21 @@ def batch_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Step time against the per-rank batch size (same ranks and settings), time per sample, and step time
     relative to the smallest batch of the series."""
     keys = [*COST_KEYS, "np"]
-    series = _series(_key_frame(records, "step_time_s"), keys, "batch_size", "step_time_s")
+    df = _key_frame(records, "step_time_s")
+    series = _series(df, keys, "batch_size", "step_time_s")
     rows = []
     for (first, points), label in zip(series, _labels(series, keys, "all runs")):
         base = points.iloc[0]
         for p in points.itertuples(index=False):
             rows.append({
-                "group": label, "np": int(first["np"]), "batch_size": int(p.batch_size), "runs": int(p.runs),
+                SYSTEM: first[SYSTEM], "group": label, "np": int(first["np"]), "batch_size": int(p.batch_size), "runs": int(p.runs),
                 "step_time_ms": p.mean * 1e3, "step_time_sd_ms": p.sd * 1e3,
                 "ms_per_sample": p.mean * 1e3 / p.batch_size, "step_time_rel": p.mean / base["mean"],
                 "throughput": p.throughput,
             })
-    return pd.DataFrame(rows, columns=["group", "np", "batch_size", "runs", "step_time_ms", "step_time_sd_ms",
-                                       "ms_per_sample", "step_time_rel", "throughput"])
+    return system_column(pd.DataFrame(rows, columns=[SYSTEM, "group", "np", "batch_size", "runs", "step_time_ms",
+                                                     "step_time_sd_ms", "ms_per_sample", "step_time_rel", "throughput"]),
+                         several_systems(df))
 
 
 def freeze_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -216,12 +235,13 @@ def freeze_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         for p in points.itertuples(index=False):
             params = _num(p.params_trainable)
             rows.append({
-                "group": label, "freeze_depth": int(p.freeze_depth), "runs": int(p.runs),
+                SYSTEM: first[SYSTEM], "group": label, "freeze_depth": int(p.freeze_depth), "runs": int(p.runs),
                 "params_trainable": params, "params_rel": params / p0,
                 "step_time_ms": p.mean * 1e3, "step_time_rel": p.mean / t0,
             })
-    return pd.DataFrame(rows, columns=["group", "freeze_depth", "runs", "params_trainable", "params_rel",
-                                       "step_time_ms", "step_time_rel"])
+    return system_column(pd.DataFrame(rows, columns=[SYSTEM, "group", "freeze_depth", "runs", "params_trainable",
+                                                     "params_rel", "step_time_ms", "step_time_rel"]),
+                         several_systems(df))
 
 
 def _num(value: Any) -> float:
@@ -236,11 +256,12 @@ def phases_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if df.empty or df["phase_wall_s"].isna().all():
         return pd.DataFrame(columns=["run", "np", "kind", *PHASES])
     df = df[df["phase_wall_s"].notna()]
-    view = df[["run", "np"]].copy()
+    view = df[["run", SYSTEM, "np"]].copy()
     view["kind"] = df["benchmark"].map({True: "benchmark", False: "training"})
     for key in PHASES:
         view[key] = df[f"phase_{key}"].astype(float)
-    return view.sort_values("run", kind="stable").reset_index(drop=True)
+    view = view.sort_values([SYSTEM, "run"], kind="stable").reset_index(drop=True)
+    return system_column(view, several_systems(view))
 
 
 # ---------------------------------------------------------------- MMD
@@ -294,13 +315,14 @@ def _comm_label(record: dict) -> str:
 
 
 def comm_table(records: list[dict]) -> pd.DataFrame:
-    """One row per comm record, collective and size."""
+    """One row per comm record, collective and size (and the system it ran on, where several are)."""
     rows = []
     for r in records:
         for row in (r.get("comm") or {}).get("rows", []):
-            rows.append({"backend": _comm_label(r), "np": r.get("world_size"), "op": row["op"], "bytes": row["bytes"],
+            rows.append({SYSTEM: system_label(r), "backend": _comm_label(r), "np": r.get("world_size"), "op": row["op"], "bytes": row["bytes"],
                          "time_us": row["time_us"], "algbw_gb_s": row["algbw_gb_s"], "busbw_gb_s": row["busbw_gb_s"]})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return system_column(table, several_systems(table))
 
 
 def nearest(rows: list[dict], op: str, nbytes: int) -> dict | None:
@@ -312,19 +334,19 @@ def nearest(rows: list[dict], op: str, nbytes: int) -> dict | None:
 
 
 def comm_marks(records: list[dict]) -> pd.DataFrame:
-    """Allreduce at each record's gradient size, with busbw relative to raw MPI at the same np and size."""
+    """Allreduce at each record's gradient size, with busbw relative to raw MPI at the same np and size on the same
+    system."""
     rows = []
     for r in records:
         c = r.get("comm") or {}
         row = nearest(c.get("rows", []), "allreduce", c.get("gradient_bytes") or 0)
         if row:
-            rows.append({"backend": _comm_label(r), "np": r.get("world_size"), "gradient_bytes": c.get("gradient_bytes"),
+            rows.append({SYSTEM: system_label(r), "backend": _comm_label(r), "np": r.get("world_size"), "gradient_bytes": c.get("gradient_bytes"),
                          "bytes": row["bytes"], "time_us": row["time_us"], "busbw_gb_s": row["busbw_gb_s"]})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    mpi = {(n, b): bw for n, b, bw, name in zip(table["np"], table["bytes"], table["busbw_gb_s"], table["backend"])
-           if name == "mpi"}
-    table["vs_mpi"] = [bw / mpi[(n, b)] if (n, b) in mpi else None
-                       for n, b, bw in zip(table["np"], table["bytes"], table["busbw_gb_s"])]
-    return table
+    keys = list(zip(table[SYSTEM], table["np"], table["bytes"]))
+    mpi = {key: bw for key, bw, name in zip(keys, table["busbw_gb_s"], table["backend"]) if name == "mpi"}
+    table["vs_mpi"] = [bw / mpi[key] if key in mpi else None for key, bw in zip(keys, table["busbw_gb_s"])]
+    return system_column(table, several_systems(table))

@@ -6,7 +6,8 @@ validation: over seeds) and the sample sd; the paired difference to scratch (per
 Cohen's d_z and a Wilcoxon signed-rank p; training seconds, steps and epochs to reach a validation WT Dice
 target (scratch's final one unless given), each with a CI over seeds; step time and trainable parameters
 relative to scratch. Training seconds are the time in training steps (history.train_s): validation, which a
-study may run more or less often, does not count.
+study may run more or less often, does not count. A study whose runs come from several systems is compared per
+system (a `system` column; each system's scratch runs set its own target): two systems are never pooled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.records import system_label
 from analysis.stats import cohens_dz, mean_ci, two_way_mean_ci
 from harness.config import freeze_label, freeze_order
 from harness.metrics import REGIONS
@@ -199,8 +201,27 @@ def _target_columns(row: dict[str, Any], runs: list[dict[str, Any]], target: flo
         row[f"{key}_to_target_ci_low"], row[f"{key}_to_target_ci_high"] = _ci(values)
 
 
+def per_system(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The study's records (fine-tuning and scratch runs) by the system they ran on."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if variant(r) is not None:
+            out.setdefault(system_label(r), []).append(r)
+    return out
+
+
 def comparison(records: Iterable[dict[str, Any]], subset: str = "test", target: float | None = None) -> pd.DataFrame:
-    """One row per variant with every number the study reports (empty frame: no study records)."""
+    """One row per variant with every number the study reports (empty frame: no study records); per system, with
+    a `system` column, where the runs come from several."""
+    systems = per_system(records)
+    if len(systems) <= 1:
+        return _comparison(next(iter(systems.values()), []), subset, target)
+    table = pd.concat([_comparison(runs, subset, target).assign(system=label) for label, runs in systems.items()],
+                      ignore_index=True)
+    return table[["system", *[c for c in table.columns if c != "system"]]]
+
+
+def _comparison(records: Iterable[dict[str, Any]], subset: str, target: float | None) -> pd.DataFrame:
     groups = group(records)
     scratch = groups.get(SCRATCH, [])
     if target is None:
@@ -229,7 +250,11 @@ def comparison(records: Iterable[dict[str, Any]], subset: str = "test", target: 
 
 def curves(records: Iterable[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """variant -> per epoch: validation WT Dice over seeds (mean, sd, 95% CI, count) and the mean training
-    seconds and steps done by then (the learning-curve plot's two x axes)."""
+    seconds and steps done by then (the learning-curve plot's two x axes). Where the study ran on several systems
+    the keys are "variant [system]"."""
+    systems = per_system(records)
+    if len(systems) > 1:
+        return {f"{name} [{label}]": c for label, runs in systems.items() for name, c in curves(runs).items()}
     out = {}
     for name, runs in group(records).items():
         points = []
@@ -267,7 +292,8 @@ def display(table: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
     """The table as people read it: 'mean [95% CI]' cells, differences with their CI, d_z and p."""
     rows = []
     for r in table.to_dict("records"):
-        row = {"variant": r["variant"], "seeds": r["seeds"], "epochs": r["epochs"]}
+        row = {"system": r["system"]} if "system" in r else {}
+        row.update(variant=r["variant"], seeds=r["seeds"], epochs=r["epochs"])
         for region in REGIONS:
             row[f"{region} Dice ({subset})"] = _ci_cell(r.get(f"{subset}_{region}"), r.get(f"{subset}_{region}_ci_low"),
                                                         r.get(f"{subset}_{region}_ci_high"))
@@ -289,9 +315,13 @@ def display(table: pd.DataFrame, subset: str = "test") -> pd.DataFrame:
 
 
 def caption(table: pd.DataFrame) -> str:
-    target = table["target_WT"].iloc[0] if len(table) else math.nan
+    if "system" in table:  # each system's scratch runs set its target
+        targets = "; ".join(f"{system}: {_num(t, '.3f')}" for system, t in
+                            table.groupby("system", sort=False)["target_WT"].first().items())
+    else:
+        targets = _num(table["target_WT"].iloc[0] if len(table) else math.nan, ".3f")
     return (f"Final Dice per region: mean over seeds [95% CI: bootstrap over seeds and test patients; validation "
-            f"over seeds]. Target: validation WT Dice {_num(target, '.3f')} (scratch's final, mean over seeds, unless "
+            f"over seeds]. Target: validation WT Dice {targets} (scratch's final, mean over seeds, unless "
             "given); training seconds (time in training steps) and steps to reach it, mean over the seeds that did "
             "[95% CI over seeds]. Δ: mean paired difference per test case and seed [95% CI], d_z: its effect size, "
             "p: Wilcoxon signed-rank. Step time and trainable parameters relative to scratch.")

@@ -16,6 +16,7 @@ COMMANDS = (
     "comm",
     "sweep",
     "analyze",
+    "compare",
     "demo",
     "env",
 )

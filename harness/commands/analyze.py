@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("results", metavar="RESULTS", help="results folder holding run folders")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default RESULTS/analysis)")
     parser.add_argument("--top", type=int, default=10, metavar="N", help="ops per rank in the top-ops table (default 10)")
+    parser.add_argument("--reference", metavar="FILE", default=None,
+                        help="references with tolerances (YAML: system -> point -> metric: [value, lower, upper], as "
+                        "`bratsbench compare --write-reference` writes them): every value outside is flagged")
+    parser.add_argument("--check", action="store_true", help="with --reference: exit 1 when a value is outside")
     parser.set_defaults(func=run)
 
 
@@ -43,10 +47,19 @@ def print_report(sections: list, report: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from analysis.report import build_report
     from harness.errors import UserError
 
     if args.top < 1:
         raise UserError(f"--top {args.top} must be at least 1")
-    print_report(*build_report(args.results, args.out, top=args.top))
-    return 0
+    if args.check and not args.reference:
+        raise UserError("--check needs --reference FILE")
+    sections, report = build_report(args.results, args.out, top=args.top, reference=args.reference)
+    print_report(sections, report)
+    failed = [line for s in sections for line in s.failures]
+    if args.check:
+        for line in failed:
+            print(f"bratsbench: outside its reference: {line}", file=sys.stderr)
+    return 1 if args.check and failed else 0
