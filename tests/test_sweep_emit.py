@@ -32,7 +32,9 @@ SPEC = {
     "timeout_s": 120,
 }
 # Fake launcher: records its argv (NUL-separated); FAKE_RECORD=ok writes an ok record into --out, else it fails.
+# `--version` answers as Open MPI's mpirun does (the system probe of a launcher-written record asks it).
 FAKE = r"""#!/bin/bash
+if [ "$1" = --version ]; then echo "mpirun (Open MPI) 4.1.4"; exit 0; fi  # the system probe asks, as mpirun answers
 printf '%s\0' "$@" > "$FAKE_ARGV"
 out=""; prev=""
 for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done

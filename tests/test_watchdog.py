@@ -18,15 +18,17 @@ import pytest
 from harness.launch import launch_command, launch_env, supervise
 
 FAKE_RANK = """#!{python}
-# A fake `bratsbench train` rank: spawns short-lived children for a while; `--die RANK` SIGKILLs that rank early.
+# A fake `bratsbench train` rank: spawns short-lived children for a while; `--die RANK` SIGKILLs that rank after
+# 1.5 s (long enough for any watchdog poll to have seen it alive).
 import os, signal, subprocess, sys, time
 rank = int(os.environ.get("HOROVOD_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
 args = sys.argv[2:]
 seconds = float(args[args.index("--seconds") + 1])
 die = int(args[args.index("--die") + 1]) if "--die" in args else None
-spawned, end = 0, time.monotonic() + seconds
+start = time.monotonic()
+spawned, end = 0, start + seconds
 while time.monotonic() < end:
-    if rank == die and spawned >= 20:
+    if rank == die and time.monotonic() - start > 1.5:
         os.kill(os.getpid(), signal.SIGKILL)
     subprocess.run(["true"])
     spawned += 1
@@ -69,7 +71,7 @@ def test_ranks_spawning_children_are_never_taken_for_lost_ranks(fake_bratsbench,
 
 def test_a_rank_killed_with_sigkill_under_a_launcher_that_waits_is_a_lost_rank(fake_bratsbench):
     # a plain shell as the launcher: it notices nothing, so only the watchdog can end the job; rank 1 dies after
-    # 20 children, rank 0 would go on spawning children for a minute
+    # 1.5 s of spawning children, rank 0 would go on for a minute
     ranks = " & ".join(f"HOROVOD_RANK={r} {fake_bratsbench} train --seconds 60 --die 1" for r in (0, 1))
     start = time.monotonic()
     outcome = supervise(["sh", "-c", f"{ranks} & wait"], timeout_s=300, grace_s=2.0, poll_s=0.05)
