@@ -18,7 +18,7 @@ Schema (version 1), top-level keys:
   history         per epoch: epoch, loss, val {ET,TC,WT dice}, wall_s, step_time_mean_s, params_trainable
   metrics         final validation metrics (per region mean Dice and HD95) when validation ran
   extra           free-form, for commands built on top (transfer, sweeps)
-  system          what the run ran on (harness/system.py; train and comm records, and the launcher-written record
+  system          what the run ran on (harness/system/; train and comm records, and the launcher-written record
                   of a run that never wrote its own): every rank probes itself, rank 0 gathers.
                   label      short name of the system for tables ("AMD EPYC 9B14 (AVX-512), 96 cores, TF 2.18.1 CPU",
                              "4x NVIDIA H100 80GB HBM3, TF 2.18.1 CUDA 12.5", "2 nodes: ..."), stable across the runs
