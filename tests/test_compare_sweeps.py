@@ -57,7 +57,9 @@ def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unch
     same = pd.read_csv(tmp_path / "same" / "compare.csv")
     thr = same[same["metric"] == "throughput"]
     assert len(thr) == 2 and set(thr["verdict"]) == {"~"}, thr.to_string()
-    assert thr["ratio"].between(0.9, 1.1).all(), thr.to_string()
+    # not a band on the ratio itself: on a loaded 2-core CI machine one side's repeats spread 15-18% (cv), so only
+    # the statistical claim holds run to run: the ratio's interval contains 1
+    assert ((thr["ratio_ci_low"] <= 1) & (thr["ratio_ci_high"] >= 1)).all(), thr.to_string()
     steady = same[same["metric"].isin(["throughput", "step_p50_ms", "peak_host_mem_mb"])]  # tails of 6 steps vary more
     assert set(steady["verdict"]) == {"~"}, same[["label", "metric", "ratio", "p_value", "verdict"]].to_string()
 
