@@ -23,6 +23,23 @@ class UserError(Exception):
     """
 
 
+# The exit status of a run stopped by a signal (the scheduler's warning before its time limit or a preemption,
+# SIGUSR1/SIGTERM by default) after it wrote a checkpoint at the step all ranks agreed on: 75 is sysexits.h's
+# EX_TEMPFAIL, "try again later", and none of 0 (ok), 1 (failed), 2 (bad input) or 130 (Ctrl-C).
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """A run stopped on a signal with a checkpoint at `info["step"]` (None in benchmark mode, which keeps none).
+
+    The CLI prints one line and exits EXIT_PREEMPTED; `--resume` (or the sweep runner) continues from it."""
+
+    def __init__(self, info: dict):
+        self.info = info
+        where = f"checkpoint at step {info['step']}" if info.get("checkpoint") else f"at step {info['step']}, no checkpoint (benchmark)"
+        super().__init__(f"preempted by SIG{info.get('signal') or '?'} ({where})")
+
+
 def print_error(message: str) -> None:
     """The CLI's one error line on stderr (also for a command that fails without raising)."""
     print(f"bratsbench: error: {message}", file=sys.stderr)

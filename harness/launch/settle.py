@@ -87,6 +87,13 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     return f"exit code {code}"
 
 
+def preempted_line(record: dict[str, Any]) -> str:
+    """One line for a preempted run: "preempted by SIGUSR1 at step 538 (checkpoint written)"."""
+    info = record.get("extra", {}).get("preempted") or {}
+    kept = "checkpoint written" if info.get("checkpoint") else "no checkpoint: a benchmark run starts over"
+    return f"preempted by SIG{info.get('signal') or '?'} at step {info.get('step')} ({kept})"
+
+
 def blank_record(run: RunDir, np_: int) -> dict[str, Any]:
     """A schema-1 record for a run that never wrote one, from its config file (no TensorFlow import)."""
     from harness.record import new_record
@@ -108,7 +115,9 @@ def settle(run: RunDir, outcome: Outcome, *, np_: int = 1, annotate: dict[str, A
            status: str | None = None) -> dict[str, Any]:
     """Make the run record tell the truth about how the run ended; returns {status, exit_code, seconds, error}.
 
-    ok only when the process exited 0 AND the trainer recorded "ok"; anything else becomes "failed" (or
+    ok only when the process exited 0 AND the trainer recorded "ok"; "preempted" when the trainer recorded it
+    (every rank wrote its share of the checkpoint and waited for rank 0's record before exiting, so the launcher's
+    exit status, 75 or whatever it makes of the ranks' 75, adds nothing); anything else becomes "failed" (or
     `status`, e.g. "interrupted") with exit_code, error and log_tail. `annotate` is merged into record.extra."""
     record = run.read_record()
     seconds = round(outcome.seconds, 2)
@@ -117,6 +126,12 @@ def settle(run: RunDir, outcome: Outcome, *, np_: int = 1, annotate: dict[str, A
             record.setdefault("extra", {}).update(annotate)
             run.write_record(record)
         return {"status": "ok", "exit_code": 0, "seconds": seconds, "error": None}
+    if status is None and outcome.exit_code != 0 and outcome.reason is None and record and record.get("status") == "preempted":
+        record["log_tail"] = log_tail(run)
+        record.setdefault("extra", {}).update(annotate or {})
+        run.write_record(record)
+        return {"status": "preempted", "exit_code": record["exit_code"], "seconds": seconds,
+                "error": preempted_line(record)}
     tail = log_tail(run)
     error = "interrupted by the user" if status == "interrupted" else describe(outcome, record, tail)
     if record is None:
