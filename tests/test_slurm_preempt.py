@@ -89,25 +89,33 @@ def _drive(cluster, results: Path, plan: list[dict], job: str, signals: dict[int
     try:
         return _drive_until(cluster, results, plan, job, signals, scancel, sent, attempt_seen, clients, deadline)
     finally:
-        for client in clients:  # seen once: a scancel that had delivered its signal did not return within 60 s
-            if client.poll() is None:  # while the job requeued itself; nothing waits on them
+        for client in clients:
+            if client.poll() is None:
                 client.kill()
             client.wait()
 
 
 def _drive_until(cluster, results, plan, job, signals, scancel, sent, attempt_seen, clients, deadline) -> dict:
     states: dict = {}
+    signalled: dict[int, subprocess.Popen] = {}
     while time.monotonic() < deadline:
         states = {p["run_id"]: _index_status(results, p["run_id"]) for p in plan}
         for i, wanted in signals.items():
             record = _records(results, [plan[i]["run_id"]]).get(plan[i]["run_id"], {})
             started = record.get("started_at")
+            if i in signalled and record.get("status") != "running":
+                # the run stopped: end the scancel if it still waits. Seen: a `scancel --batch` whose signal was
+                # delivered did not return while the task requeued itself, and sent it again to the next attempt
+                client = signalled.pop(i)
+                if client.poll() is None:
+                    client.kill()
             if (sent[i] < wanted and record.get("status") == "running" and record.get("history")
                     and attempt_seen[i] != started):
                 attempt_seen[i] = started
                 time.sleep(0.5)
                 clients.append(subprocess.Popen(["scancel", *scancel, f"{job}_{i}"], env=cluster.env,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                signalled[i] = clients[-1]
                 sent[i] += 1
         if all(s in ("ok", "failed") for s in states.values()) and all(sent[i] == n for i, n in signals.items()):
             return states

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import threading
@@ -56,6 +57,9 @@ def launch_train(
     cmd = launch_command(np_, bratsbench_command() + train_args(run), launcher, run.logs,
                          allocation=allocation, srun_mpi=srun_mpi, hosts=hosts)
     env = launch_env(env)
+    # how the ranks were started, with mpirun's binding (harness.launch.commands.MPIRUN_BINDING), for the record
+    annotate = {**(annotate or {}), "launch": {"launcher": launcher if np_ > 1 or launcher == "srun" else None,
+                                               "command": shlex.join(cmd)}}
     start = time.monotonic()
     try:
         if np_ == 1 and launcher != "srun":  # no launcher: the process's own streams are rank 0's
