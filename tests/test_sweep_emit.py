@@ -409,3 +409,24 @@ def test_an_env_folder_that_is_no_environment_is_refused(tmp_path, cli):
     with pytest.raises(UserError, match="is a folder"):
         emit(parse_spec(GPU_SPEC), tmp_path / "j", EmitOptions("slurm", setup=tmp_path / "dir.sh"))
     assert not (tmp_path / "j").exists()
+
+
+def test_the_gpu_example_emits_jobs_that_activate_a_named_environment(tmp_path, cli):
+    """examples/sweep-gpu-cluster.yaml plans, and emits 4-GPU-node arrays whose jobs ask for the GPUs their np uses
+    and activate the environment they are told to, with no interpreter path of the machine that emitted them."""
+    spec = Path(__file__).resolve().parents[1] / "examples" / "sweep-gpu-cluster.yaml"
+    code, out, err = cli("sweep", "plan", str(spec))
+    assert code == 0, err
+    code, out, err = cli("sweep", "emit", str(spec), "--scheduler", "slurm", "--gpus-per-node", "4", "--cpus-per-task", "8",
+                         "--env", "bratsbench-gpu", "--out", str(tmp_path / "jobs"))
+    assert code == 0, err
+    gpus = {}
+    for np_ in (1, 2, 4, 8):
+        text = (tmp_path / "jobs" / f"run-np{np_}.sbatch").read_text()
+        d = directives(text, "#SBATCH")
+        gpus[np_] = (d["--nodes"], d["--gpus-per-node"], d["--cpus-per-task"])
+        assert 'eval "$(conda shell.bash hook)"\nconda activate bratsbench-gpu\n' in text
+        assert "# activate the conda environment bratsbench-gpu\n" in text
+        assert sys.executable not in text and sys.prefix not in text and "PYTHON=" not in text
+        assert "\nbratsbench sweep run-task " in text
+    assert gpus == {1: ("1", "1", "8"), 2: ("1", "2", "8"), 4: ("1", "4", "8"), 8: ("2", "4", "8")}
