@@ -109,6 +109,12 @@ def test_ranks_agree_when_any_one_was_signalled(handlers):
     assert handlers.agree([5.0], mean)[1] is True
 
 
+@pytest.mark.parametrize("mean_step_s, steps", [(0.01, 100), (0.3, 3), (2.0, 1), (0.0, 1), (float("nan"), 1),
+                                                 (1e-6, 1000)])
+def test_ranks_ask_about_once_a_second(mean_step_s, steps):
+    assert stopping.steps_between(mean_step_s) == steps
+
+
 def test_uninstall_puts_back_the_previous_handlers(handlers):
     before = signal.getsignal(signal.SIGUSR2)
     handlers.install(["USR2"])

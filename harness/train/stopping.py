@@ -1,9 +1,10 @@
 """Stop on a signal: the scheduler's warning before a time limit or a preemption (SIGUSR1) or SIGTERM.
 
 The handler only sets a flag, so a signal never interrupts TensorFlow or a checkpoint being written (a second
-signal while saving changes nothing). The trainer reads the flag after every step and the ranks agree through
-the engine (one small mean over ranks, shared with the time budget's), so every rank stops at the same step, writes
-the checkpoint there and the run ends "preempted" with exit status 75 (harness.errors.EXIT_PREEMPTED).
+signal while saving changes nothing). The ranks ask each other about the flag after a step, through the engine
+(one small mean over ranks, shared with the time budget's: after every step with a budget, else about once a
+second), so every rank stops at the same step, writes the checkpoint there and the run ends "preempted" with exit
+status 75 (harness.errors.EXIT_PREEMPTED).
 
 The process's entry point installs the handlers (`bratsbench train`, before TensorFlow is imported, so a signal
 during start-up is kept, not fatal); library callers and packed sweeps install none, and their runs ignore
@@ -78,6 +79,19 @@ def requested() -> bool:
 def received() -> dict[str, Any]:
     """What arrived: the first signal's name, how many stop signals in all, and when the first came."""
     return {"signal": _state.signal, "count": _state.count, "at": _state.at}
+
+
+CHECK_EVERY_S = 1.0  # how often (in seconds of steps) the ranks ask each other when nothing else asks every step
+MAX_STEPS_BETWEEN = 1000
+
+
+def steps_between(mean_step_s: float) -> int:
+    """Steps until the next check, from the mean step time over ranks (so the same on every rank): about one check per
+    CHECK_EVERY_S. One check costs a small collective (milliseconds on CPUs: docs/benchmarks.md), so a check every
+    step would cost a few percent of a short step; a stop then waits at most about CHECK_EVERY_S more."""
+    if not mean_step_s > 0:
+        return 1
+    return max(1, min(MAX_STEPS_BETWEEN, int(CHECK_EVERY_S / mean_step_s)))
 
 
 def agree(local: Sequence[float], mean: Callable[[Sequence[float]], list[float]]) -> tuple[list[float], bool]:

@@ -161,6 +161,7 @@ class Session:
     spent_s: float = 0.0  # seconds in training steps so far, earlier (resumed) epochs included: the budget's clock
     out_of_budget: bool = False
     signalled: bool = False  # a stop signal reached some rank: every rank stops at this step
+    until_check: int = 1  # steps until the ranks next ask each other about a stop signal (stopping.steps_between)
     saved_step: int = -1  # the step of the last checkpoint written
 
     def rebuild_step(self, engine: Engine) -> None:
@@ -373,13 +374,16 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
 def _should_stop(s: Session, tcfg: Any, step_s: float, engine: Engine) -> bool:
     """Whether the training-time budget is spent or a stop signal reached any rank; decided on one mean over ranks,
     so every rank stops at the same step (a rank that stopped alone would leave the others waiting in their next
-    collective). Without a budget and without stop signals there is nothing to ask the other ranks."""
+    collective). A budget asks after every step; stop signals alone about once a second of steps (the flag rides
+    along the budget's mean where there is one); without either there is nothing to ask the other ranks."""
     budget = tcfg.budget_s is not None and not tcfg.benchmark
     if budget:
         s.spent_s += step_s
-    if not (budget or stopping.armed()):
+    s.until_check -= 1
+    if not (budget or (stopping.armed() and s.until_check <= 0)):
         return False
-    (spent,), s.signalled = stopping.agree([s.spent_s], engine.mean)
+    (spent, mean_step_s), s.signalled = stopping.agree([s.spent_s, step_s], engine.mean)
+    s.until_check = stopping.steps_between(mean_step_s)  # the same on every rank: it comes from the mean
     s.out_of_budget = budget and spent >= tcfg.budget_s
     return s.out_of_budget or s.signalled
 
