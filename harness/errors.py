@@ -103,6 +103,13 @@ def as_os_error(exc: BaseException, path: str | os.PathLike | None = None) -> OS
     return None
 
 
+def one_line(text: str, limit: int = 600) -> str:
+    """`text` as one line (a record's `error`, a summary line): whitespace runs and line breaks become one space, and
+    a very long message is cut (TensorFlow and Gloo errors can carry pages of context)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def os_error_line(exc: BaseException) -> str | None:
     """One line for an OS error (or a TensorFlow error wrapping one): `<path>: <strerror> (<free> left)`.
 

@@ -412,3 +412,18 @@ def test_job_info_reads_the_array_task_and_its_restarts(monkeypatch):
     assert (info["job"], info["restarts"], info["ends_at"]) == ("12_1", 2, None)  # no squeue here: no end time
     assert job_info({"PBS_JOBID": "5[1].pbs"})["job"] == "5[1].pbs" and job_info({}) == {}
     assert [_seconds(x) for x in ("1-02:03:04", "02:03:04", "3:04", "UNLIMITED")] == [93784.0, 7384.0, 184.0, None]
+
+
+@pytest.mark.parametrize("tail, expected", [
+    # a rank killed by a signal recorded nothing: the launcher's word wins over rank 0's broken collective
+    (["srun: error: node2: task 1: Killed"], "rank 1 on node2: Killed; srun stopped the step (exit code 137)"),
+    (["Process name: 1", "first process to do so was:\nProcess name: 1\nExit code: 137"],
+     "rank 1 exited with code 137 (SIGKILL); horovodrun stopped the job (exit code 137)"),
+    # a rank that exited with an error recorded its reason: the record's error wins
+    (["srun: error: node2: task 1: Exited with exit code 1"], "UnknownError: Horovod has been shut down"),
+])
+def test_a_rank_killed_by_a_signal_is_named_before_the_others_broken_collective(tail, expected):
+    from harness.launch import describe
+
+    record = {"status": "failed", "error": "UnknownError: Horovod has been shut down"}
+    assert describe(Outcome(137, 1.0), record, tail) == expected

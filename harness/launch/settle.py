@@ -57,24 +57,28 @@ _SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([\d,-]+): (.+)")
 
 
 def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
-    """Why a run did not end ok, in one line."""
+    """Why a run did not end ok, in one line.
+
+    The launcher's word on the rank that failed first wins where that rank was killed by a signal: it could not
+    record a reason, and what the others recorded (a broken collective: they survive the launcher's SIGTERM, a stop
+    signal, long enough to see it) is only the consequence. A rank that exited with an error code recorded its own
+    reason, and the record's error says it."""
     code = outcome.exit_code
     if outcome.reason:
         return outcome.reason
-    found = _MWMS_FIRST.search("\n".join(tail))
+    text = "\n".join(tail)
+    found = _MWMS_FIRST.search(text)
     if found:  # our MWMS launcher names the worker that failed first (the others only saw a broken collective)
         return f"MWMS worker {found.group(1)} {found.group(2)}; the launcher stopped the others (exit code {code})"
+    srun, hvd = _srun_first(text, code), _horovodrun_first(text, code)
+    for first, killed in (srun, hvd):
+        if first and killed:
+            return first
     if record and record.get("error"):
         return str(record["error"])
-    found = _SRUN_TASK.search("\n".join(tail))
-    if found:  # srun names the node and task (rank) that failed first; --kill-on-bad-exit stopped the others
-        node, task, what = found.groups()
-        return f"{'rank' if task.isdigit() else 'ranks'} {task} on {node}: {what.strip()}; srun stopped the step (exit code {code})"
-    found = _HVD_FIRST.search("\n".join(tail))
-    if found:  # horovodrun names the rank that failed first
-        rank, rank_code = found.group(1), int(found.group(2))
-        how = f" ({signal.Signals(rank_code - 128).name})" if 128 < rank_code < 128 + 32 else ""
-        return f"rank {rank} exited with code {rank_code}{how}; horovodrun stopped the job (exit code {code})"
+    for first, _ in (srun, hvd):
+        if first:
+            return first
     if code is not None and code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -85,6 +89,28 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     if record.get("status") == "running":
         return f"exit code {code} with the run record still 'running' (a rank died or the run was killed)"
     return f"exit code {code}"
+
+
+def _srun_first(text: str, code: int | None) -> tuple[str | None, bool]:
+    """srun's line on the node and task (rank) that failed first (--kill-on-bad-exit stopped the others), and whether
+    that task was killed by a signal rather than exiting with a code."""
+    found = _SRUN_TASK.search(text)
+    if not found:
+        return None, False
+    node, task, what = found.groups()
+    line = f"{'rank' if task.isdigit() else 'ranks'} {task} on {node}: {what.strip()}; srun stopped the step (exit code {code})"
+    return line, not what.strip().startswith("Exited with exit code")
+
+
+def _horovodrun_first(text: str, code: int | None) -> tuple[str | None, bool]:
+    """horovodrun's line on the rank that failed first, and whether a signal killed it (exit code 128 + signal)."""
+    found = _HVD_FIRST.search(text)
+    if not found:
+        return None, False
+    rank, rank_code = found.group(1), int(found.group(2))
+    killed = 128 < rank_code < 128 + 32
+    how = f" ({signal.Signals(rank_code - 128).name})" if killed else ""
+    return f"rank {rank} exited with code {rank_code}{how}; horovodrun stopped the job (exit code {code})", killed
 
 
 def preempted_line(record: dict[str, Any]) -> str:

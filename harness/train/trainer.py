@@ -22,7 +22,7 @@ from harness.checkpoint import check_compatible, check_optimizer
 from harness.config import RunConfig
 from harness.engines import Engine, default_backend, make_engine, unavailable
 from harness.engines.base import check_distinct_gpus, cpu_bf16_instructions, gpu_identity
-from harness.errors import EXIT_PREEMPTED, Preempted, UserError, os_error_line
+from harness.errors import EXIT_PREEMPTED, Preempted, UserError, one_line, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
 from harness.model import apply_freeze, build_unet, set_seed, count_params, forward_flops, training_flops, unfreeze_all
@@ -101,7 +101,7 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
         record["status"], record["exit_code"], record["error"] = "failed", 2, str(exc)
         raise
     except Exception as exc:
-        error = os_error_line(exc) or f"{type(exc).__name__}: {exc}"  # disk full: the line the user sees
+        error = os_error_line(exc) or one_line(f"{type(exc).__name__}: {exc}")  # disk full: the line the user sees
         record["status"], record["exit_code"], record["error"] = "failed", 1, error
         raise
     finally:
