@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -221,15 +222,23 @@ class SlurmCluster:
                 continue
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
+def running_cluster(conf: Callable[[SlurmCluster], dict[str, str]] | None = None) -> Iterator[SlurmCluster]:
+    """A started cluster for a fixture (skipped where it cannot run), stopped afterwards; `conf(cluster)` gives
+    slurm.conf settings of its own (it may name the cluster's folders)."""
     missing = missing_binaries()
     if missing:
         pytest.skip(f"SLURM/munge binaries not installed ({', '.join(missing)}); scripts/setup.sh installs them as root")
     if os.geteuid() != 0:
         pytest.skip("a local SLURM cluster needs root (slurmd runs jobs as their owner)")
-    cluster = SlurmCluster().start()
+    cluster = SlurmCluster()
+    cluster.overrides = conf(cluster) if conf else {}
+    cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    yield from running_cluster()

@@ -14,7 +14,6 @@ weights checksums must be equal.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import proc_env
-from tests.slurm_cluster import SlurmCluster, missing_binaries
+from tests.slurm_cluster import running_cluster
 from tests.test_slurm import _index_status, _records
 
 WAIT_S = 420
@@ -42,19 +41,8 @@ timeout_s: 600
 
 @pytest.fixture(scope="module")
 def cluster():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"SLURM/munge binaries not installed ({', '.join(missing)}); scripts/setup.sh installs them as root")
-    if os.geteuid() != 0:
-        pytest.skip("a local SLURM cluster needs root (slurmd runs jobs as their owner)")
-    c = SlurmCluster()
-    c.overrides = {"TaskPlugin": "task/affinity", "JobRequeue": "1", "KillWait": "10",
-                   "AuthInfo": f"socket={c.socket},cred_expire=10"}
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from running_cluster(lambda c: {"TaskPlugin": "task/affinity", "JobRequeue": "1", "KillWait": "10",
+                                          "AuthInfo": f"socket={c.socket},cred_expire=10"})
 
 
 def _emit(cli, folder: Path, spec_text: str, *extra: str) -> tuple[Path, Path, list[dict]]:
