@@ -75,15 +75,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-requeues", type=int, default=None, metavar="N",
                    help="requeues of a preempted array task before its run is recorded failed (default 3; 0: never)")
 
-    from harness.sweep.runner import add_task_arguments
-
     q = sub.add_parser("run-task", help="run one run of an emitted job array (the step every job file runs)",
                        description="Inside an allocation: run the one run of an emitted plan that this array task owns "
                        "and settle its record, as `sweep run` would; a run whose last attempt was preempted continues "
                        "from its checkpoint; stop signals this process gets (the job file passes the scheduler's "
                        "warning on) go to the run's ranks. Exit status: 0 ok, 3 already ok, 75 preempted and to be "
                        "requeued, 1 failed or preempted otherwise, 2 bad input.")
-    add_task_arguments(q)
+    q.add_argument("--plan", required=True, type=Path, help="plan.json written by `bratsbench sweep emit`")
+    q.add_argument("--results", required=True, type=Path, help="the sweep's results folder")
+    q.add_argument("--run-id", required=True, help="the run this array task owns")
+    q.add_argument("--launcher", required=True, help="how ranks start in the allocation: srun, mpirun or horovodrun")
+    q.add_argument("--srun-mpi", default="pmix", help="srun --mpi plugin (default pmix)")
+    q.add_argument("--tasks-per-node", type=int, default=None, help="ranks per node (horovodrun's -H)")
+    q.add_argument("--max-requeues", type=int, default=None, metavar="N",
+                   help="after a preemption, ask to be requeued (exit status 75) while the job was requeued fewer "
+                   "than N times (SLURM_RESTART_COUNT); default: never")
     p.set_defaults(func=run)
 
 
@@ -92,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.sweep.spec import load_spec
 
     if args.sweep_command == "run-task":
-        from harness.sweep.runner import run_task_args
+        from harness.sweep import task
 
-        return run_task_args(args)
+        return task.main(args.plan, args.results, args.run_id, args.launcher, args.srun_mpi, args.tasks_per_node,
+                         args.max_requeues)
     spec = load_spec(args.spec)
     if args.sweep_command == "plan":
         runs = plan(spec)

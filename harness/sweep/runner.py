@@ -8,8 +8,8 @@ a second `sweep run` finishes only what is missing.
 A run whose last attempt was preempted (it stopped on a signal with a checkpoint: record.extra.preempted)
 continues from that checkpoint instead of starting over, keeping its record's history and earlier logs.
 
-Also the entry point of cluster array tasks: `bratsbench sweep run-task` does in one allocation what `run_one`
-does locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
+Cluster array tasks (`bratsbench sweep run-task`, harness.sweep.task) do in one allocation what `run_one` does
+locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
 srun/mpirun/horovodrun under the sweep's timeout, settle), passes the job's stop signals on to the ranks, and
 says whether a preempted run's array task should requeue itself (exit status 75); an earlier attempt that
 was killed without settling (a record still "running") is recorded failed first.
@@ -20,8 +20,6 @@ reuses this module's dependency rule, run folders and summary line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shlex
 import sys
@@ -209,42 +207,3 @@ def summary_line(spec: SweepSpec, results: Path, counts: dict[str, int], interru
         f"sweep {spec.name} {head}: {counts['ok']} ok, {counts['skipped']} skipped (already ok), "
         f"{counts['failed']} failed; results in {results / index.INDEX_NAME}"
     )
-
-
-# --- cluster array tasks --------------------------------------------------------------------------------
-
-
-def add_task_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of the step emitted array jobs run (`bratsbench sweep run-task`)."""
-    p.add_argument("--plan", required=True, type=Path, help="plan.json written by `bratsbench sweep emit`")
-    p.add_argument("--results", required=True, type=Path, help="the sweep's results folder")
-    p.add_argument("--run-id", required=True, help="the run this array task owns")
-    p.add_argument("--launcher", required=True, choices=launch.LAUNCHERS, help="how ranks start in the allocation")
-    p.add_argument("--srun-mpi", default="pmix", help="srun --mpi plugin (default pmix)")
-    p.add_argument("--tasks-per-node", type=int, default=None, help="ranks per node (horovodrun's -H)")
-    p.add_argument("--max-requeues", type=int, default=None, metavar="N",
-                   help="after a preemption, ask to be requeued (exit status 75) while the job was requeued fewer "
-                   "than N times (SLURM_RESTART_COUNT); default: never")
-
-
-def run_task_args(args: argparse.Namespace) -> int:
-    from harness.sweep import task
-
-    return task.main(args.plan, args.results, args.run_id, args.launcher, args.srun_mpi, args.tasks_per_node,
-                     args.max_requeues)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep.runner", description="The step emitted array jobs run.")
-    sub = parser.add_subparsers(dest="step", required=True)
-    add_task_arguments(sub.add_parser("run-task", help="run one sweep point inside its allocation and settle its record"))
-    args = parser.parse_args(argv)
-    try:
-        return run_task_args(args)
-    except UserError as exc:
-        print(f"bratsbench: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -211,8 +211,11 @@ def load_emitted(plan_path: Path, run_id: str) -> tuple[SweepSpec, list[dict[str
 
 def main(plan: Path, results: Path, run_id: str, launcher: str, srun_mpi: str = "pmix",
          tasks_per_node: int | None = None, max_requeues: int | None = None) -> int:
+    """`bratsbench sweep run-task`: check the options, load the plan, run the task."""
     if max_requeues is not None and max_requeues < 0:
         raise UserError(f"--max-requeues {max_requeues} must be >= 0")
+    if launcher not in launch.LAUNCHERS:
+        raise UserError(f"--launcher {launcher!r} is not one of {', '.join(launch.LAUNCHERS)}")
     spec, planned, run = load_emitted(plan, run_id)
     return run_task(spec, planned, run, results, launcher, srun_mpi, tasks_per_node, max_requeues)
 
