@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from harness.config import ModelConfig, model_signature
 from harness.errors import UserError, as_os_error
 from harness.record import atomic_write_json
 from harness.rundir import SIGNATURE
 
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 def write_signature(ckpt_dir: Path, cfg: ModelConfig, optimizer: dict[str, Any] | None = None) -> None:
@@ -75,6 +76,8 @@ def save_scratch(manager: tf.train.CheckpointManager, step: int, rank: int) -> N
 
 def _is_recorded(directory: str, prefix: str) -> bool:
     """True when the `checkpoint` state file already names `prefix` (its files were all written)."""
+    import tensorflow as tf
+
     try:
         state = tf.train.get_checkpoint_state(directory)
     except (tf.errors.OpError, ValueError):  # a state file that does not parse names nothing
@@ -93,8 +96,34 @@ def _remove_partial(prefix: str) -> None:
             path.unlink(missing_ok=True)
 
 
+_STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"([^"]+)"', re.M)
+
+
+def resume_problem(ckpt_dir: str | Path, cfg: ModelConfig) -> str | None:
+    """Why a run of model `cfg` cannot resume from `ckpt_dir`, or None when it can: the `checkpoint` state file
+    names a complete checkpoint (its .index written) and the signature matches. Reads files only (no TensorFlow),
+    for the runner that decides before launching; the trainer checks the same again with TensorFlow."""
+    folder = Path(ckpt_dir)
+    try:
+        found = _STATE_LINE.search((folder / "checkpoint").read_text())
+        signature = json.loads((folder / SIGNATURE).read_text())["signature"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no complete checkpoint with its {SIGNATURE} in '{folder}'"
+    if found is None:
+        return f"'{folder / 'checkpoint'}' names no checkpoint"
+    latest = Path(found.group(1))
+    latest = latest if latest.is_absolute() else folder / latest
+    if not Path(f"{latest}.index").is_file():
+        return f"checkpoint '{latest}' is incomplete (no .index)"
+    wanted = model_signature(cfg)
+    diffs = [f"{k} {signature.get(k)} != {wanted[k]}" for k in wanted if signature.get(k) != wanted[k]]
+    return f"checkpoint '{folder}' does not match the model: " + "; ".join(diffs) if diffs else None
+
+
 def read_signature(path: str | Path) -> dict[str, Any]:
     """Signature of a checkpoint directory or file prefix; UserError when missing or unreadable."""
+    import tensorflow as tf
+
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     sig = folder / SIGNATURE
@@ -120,6 +149,8 @@ def check_compatible(path: str | Path, cfg: ModelConfig, ignore: tuple[str, ...]
 
 def resolve(path: str | Path) -> str:
     """A directory means its latest checkpoint; a prefix is used as given."""
+    import tensorflow as tf
+
     path = Path(path)
     if path.is_dir():
         latest = tf.train.latest_checkpoint(str(path))

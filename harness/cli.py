@@ -11,7 +11,7 @@ from typing import Sequence
 
 from harness import __version__
 from harness.commands import COMMANDS
-from harness.errors import UserError, os_error_line, print_error
+from harness.errors import EXIT_PREEMPTED, Preempted, UserError, os_error_line, print_error
 from harness.native_log import filter_native_stderr
 
 
@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mid-work (an OSError, or a TensorFlow error wrapping one: disk full, permission denied), printed as
     `<path>: <strerror> (<free space> left)`; the input was fine and the same command can succeed once the
     cause is fixed, which is what 1 ("the run failed", as in the run record's exit_code) says. 130: Ctrl-C.
+    75 (EXIT_PREEMPTED): `train` stopped on a stop signal (SIGUSR1/SIGTERM) with a checkpoint; `--resume` continues.
     Anything else is a bug and keeps its traceback.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of user output
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bratsbench: interrupted", file=sys.stderr)
         return 130
+    except Preempted as exc:
+        print(f"bratsbench: {exc}; run again with --resume to continue", file=sys.stderr)
+        return EXIT_PREEMPTED
     except Exception as exc:  # noqa: BLE001 - only OS errors are reported here; the rest re-raise
         line = os_error_line(exc)
         if line is None:

@@ -17,6 +17,9 @@ HEAD_ONLY = "head"  # the freeze choice that trains only the 1x1x1 head
 BACKENDS = ("horovod", "mwms")  # distributed engines (harness.engines)
 DEVICES = ("auto", "cpu", "gpu")  # where the step runs: auto = one GPU per local rank where TensorFlow sees GPUs
 GRAD_REDUCTIONS = ("per_tensor", "fused")  # a collective per gradient (overlapping the backward pass), or one for all
+# signals a run may stop on (checkpoint, record "preempted"): not INT (Ctrl-C: interrupted), nor KILL/STOP (uncatchable)
+STOP_SIGNALS = ("USR1", "USR2", "TERM", "HUP", "XCPU")
+DEFAULT_STOP_SIGNALS = ("USR1", "TERM")  # SLURM's usual warning (--signal=B:USR1@S) and what ends a job
 
 Freeze = int | str  # 0..depth+1 frozen encoder levels, or HEAD_ONLY
 
@@ -171,6 +174,9 @@ class TrainConfig:
     validate_every_s: float | None = None
     profile_steps: tuple[int, int] | None = None
     timeline: bool = False
+    # signals that stop the run at the next step all ranks agree on, with a checkpoint there and the record
+    # "preempted" (exit status 75); () turns it off (the signals then act as they would without bratsbench)
+    stop_signals: tuple[str, ...] = DEFAULT_STOP_SIGNALS
 
     def validate(self, depth: int) -> None:
         _positive("batch size", self.batch_size)
@@ -212,6 +218,7 @@ class TrainConfig:
             _positive("bench_steps", self.bench_steps)
             if self.bench_warmup < 0:
                 raise UserError(f"bench warm-up steps {self.bench_warmup} must be >= 0")
+        self.stop_signals = parse_stop_signals(self.stop_signals)
         if self.profile_steps is not None:
             start, stop = self.profile_steps
             if start < 0 or stop < start:
@@ -220,7 +227,8 @@ class TrainConfig:
 
 # (section, field, default): see identity()
 ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None), ("train", "validate_every_s", None),
-                ("train", "device", "auto"), ("train", "op_determinism", None), ("train", "grad_reduction", None))
+                ("train", "device", "auto"), ("train", "op_determinism", None), ("train", "grad_reduction", None),
+                ("train", "stop_signals", list(DEFAULT_STOP_SIGNALS)))
 
 
 @dataclass
@@ -294,6 +302,23 @@ def _build(kind: type, raw: dict[str, Any]) -> Any:
     return kind(**values)
 
 
+def parse_stop_signals(value: Any) -> tuple[str, ...]:
+    """Stop signals as canonical names without "SIG" ("USR1", "TERM"), from a list or a comma string; "none" or ""
+    is none."""
+    if isinstance(value, str):
+        value = [] if value.strip().lower() in ("", "none") else value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"stop signals {value!r} must be a list of signal names such as USR1,TERM")
+    names = []
+    for raw in value:
+        name = str(raw).strip().upper().removeprefix("SIG")
+        if name not in STOP_SIGNALS:
+            raise UserError(f"stop signal {raw!r} is not one of {', '.join(STOP_SIGNALS)} (or 'none')")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
 def _positive(name: str, value: int | float) -> None:
     if value is None or value <= 0:
         raise UserError(f"{name} {value} must be positive")
@@ -313,7 +338,10 @@ def model_signature(cfg: ModelConfig) -> dict[str, Any]:
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_STOP_SIGNALS",
     "DEVICES",
+    "STOP_SIGNALS",
+    "parse_stop_signals",
     "FIRST_CONV",
     "GRAD_REDUCTIONS",
     "HEAD_ONLY",

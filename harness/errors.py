@@ -23,6 +23,23 @@ class UserError(Exception):
     """
 
 
+# The exit status of a run stopped by a signal (the scheduler's warning before its time limit or a preemption,
+# SIGUSR1/SIGTERM by default) after it wrote a checkpoint at the step all ranks agreed on: 75 is sysexits.h's
+# EX_TEMPFAIL, "try again later", and none of 0 (ok), 1 (failed), 2 (bad input) or 130 (Ctrl-C).
+EXIT_PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """A run stopped on a signal with a checkpoint at `info["step"]` (None in benchmark mode, which keeps none).
+
+    The CLI prints one line and exits EXIT_PREEMPTED; `--resume` (or the sweep runner) continues from it."""
+
+    def __init__(self, info: dict):
+        self.info = info
+        where = f"checkpoint at step {info['step']}" if info.get("checkpoint") else f"at step {info['step']}, no checkpoint (benchmark)"
+        super().__init__(f"preempted by SIG{info.get('signal') or '?'} ({where})")
+
+
 def print_error(message: str) -> None:
     """The CLI's one error line on stderr (also for a command that fails without raising)."""
     print(f"bratsbench: error: {message}", file=sys.stderr)
@@ -84,6 +101,13 @@ def as_os_error(exc: BaseException, path: str | os.PathLike | None = None) -> OS
                 path = found[-1] if found else None  # the path nearest before the strerror
             return OSError(code, text, None if path is None else os.fspath(path))
     return None
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """`text` as one line (a record's `error`, a summary line): whitespace runs and line breaks become one space, and
+    a very long message is cut (TensorFlow and Gloo errors can carry pages of context)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def os_error_line(exc: BaseException) -> str | None:

@@ -60,6 +60,13 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def utc_from(timestamp: float | None) -> str | None:
+    """A time.time() value in the records' ISO-8601 UTC form (None stays None)."""
+    if timestamp is None:
+        return None
+    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write JSON so that readers see either the old file or the whole new one, never part of it."""
     path = Path(path)

@@ -3,7 +3,8 @@
     RUN/record.json            the run record (harness.record), written atomically by rank 0
     RUN/config.json            the RunConfig a launcher hands to `bratsbench train --config`
     RUN/checkpoints/           TensorFlow checkpoints plus model.json (the architecture signature)
-    RUN/logs/                  launcher.log (all ranks), rank.N/{stdout,stderr}, evaluate.log
+    RUN/logs/                  launcher.log (all ranks), rank.N/{stdout,stderr}, evaluate.log;
+                               attempt-K/rank.N/ of the earlier attempts of a resumed run
     RUN/profile/rankN/         TensorFlow profiler captures, one folder per rank (TensorBoard lists each)
     RUN/timeline.json          the Horovod timeline of the profiled steps
     RUN/eval-<subset>.json     per-case metrics written by `bratsbench evaluate`
@@ -127,6 +128,20 @@ class RunDir:
 
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
+        return self.logs
+
+    def continue_logs(self) -> Path:
+        """logs/ for a resumed attempt: launcher.log is appended to; the per-rank folders of the attempt before
+        (which horovodrun and mpirun would rewrite) move to logs/attempt-K/, K = 1, 2, ... in order."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        ranks = sorted(self.logs.glob("rank.*"))
+        if ranks:
+            k = 1
+            while (self.logs / f"attempt-{k}").exists():
+                k += 1
+            for folder in ranks:
+                (self.logs / f"attempt-{k}").mkdir(exist_ok=True)
+                folder.rename(self.logs / f"attempt-{k}" / folder.name)
         return self.logs
 
     def read_record(self) -> dict[str, Any] | None:

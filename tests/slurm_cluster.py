@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -75,10 +76,12 @@ def conf_lines(root: Path, socket: Path, cluster: str, ctld_host: str, ctld_port
 
 
 class SlurmCluster:
-    """Start with `start()`, stop with `stop()`; `env` is what sbatch/squeue/sinfo need (SLURM_CONF)."""
+    """Start with `start()`, stop with `stop()`; `env` is what sbatch/squeue/sinfo need (SLURM_CONF). `conf`:
+    slurm.conf settings that replace (or add to) the shared ones, e.g. {"TaskPlugin": "task/affinity"}."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, conf: dict[str, str] | None = None):
         self.root = Path(root or tempfile.mkdtemp(prefix="bb-slurm-"))
+        self.overrides = dict(conf or {})
         self.conf = self.root / "slurm.conf"
         self.socket = self.root / "munge" / "munge.sock"
         self.procs: dict[str, subprocess.Popen] = {}
@@ -132,10 +135,13 @@ class SlurmCluster:
         cpus = min(2, os.cpu_count() or 1)
         mem_mb = min(20000, int(psutil.virtual_memory().total / 2**20 * 0.9))
         r = self.root
+        lines = conf_lines(r, self.socket, "bratsbench-test", "localhost", ctld_port, d_port)
+        for key, value in self.overrides.items():
+            lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
         self.conf.write_text(
             "\n".join(
                 [
-                    *conf_lines(r, self.socket, "bratsbench-test", "localhost", ctld_port, d_port),
+                    *lines,
                     f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN",
                     "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                     "",
@@ -216,15 +222,23 @@ class SlurmCluster:
                 continue
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
+def running_cluster(conf: Callable[[SlurmCluster], dict[str, str]] | None = None) -> Iterator[SlurmCluster]:
+    """A started cluster for a fixture (skipped where it cannot run), stopped afterwards; `conf(cluster)` gives
+    slurm.conf settings of its own (it may name the cluster's folders)."""
     missing = missing_binaries()
     if missing:
         pytest.skip(f"SLURM/munge binaries not installed ({', '.join(missing)}); scripts/setup.sh installs them as root")
     if os.geteuid() != 0:
         pytest.skip("a local SLURM cluster needs root (slurmd runs jobs as their owner)")
-    cluster = SlurmCluster().start()
+    cluster = SlurmCluster()
+    cluster.overrides = conf(cluster) if conf else {}
+    cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    yield from running_cluster()

@@ -388,7 +388,7 @@ def test_gpu_example_emits_slurm_arrays_with_four_gpus_per_node(tmp_path):
     from harness.sweep.spec import load_spec
 
     spec = load_spec(ROOT / "examples" / "sweep-gpu-cluster.yaml")
-    written = emit(spec, tmp_path / "jobs", EmitOptions(scheduler="slurm", gpus_per_node=4))
+    written = emit(spec, tmp_path / "jobs", EmitOptions(scheduler="slurm", gpus_per_node=4, cpus_per_task=8))
     assert sorted(k for k in written if k.startswith("run-")) == ["run-np1", "run-np2", "run-np4", "run-np8"]
     np8 = written["run-np8"].read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks=8", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.config import BACKENDS, DEVICES, FIRST_CONV, GRAD_REDUCTIONS, HEAD_ONLY, RunConfig, parse_freeze
-from harness.errors import UserError
+from harness.config import BACKENDS, DEVICES, FIRST_CONV, GRAD_REDUCTIONS, HEAD_ONLY, STOP_SIGNALS, RunConfig, parse_freeze
+from harness.errors import Preempted, UserError
 
 # flag -> (section, key); every flag defaults to None so only what the user typed overrides --config.
 _FLAGS: dict[str, tuple[str, str]] = {
@@ -56,6 +56,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "validate_every_s": ("train", "validate_every_s"),
     "profile_steps": ("train", "profile_steps"),
     "timeline": ("train", "timeline"),
+    "stop_signals": ("train", "stop_signals"),
 }
 
 
@@ -138,6 +139,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bench-steps", type=int, default=None, help="timed steps in benchmark mode (default 20)")
     g.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps (0 = per epoch only)")
     g.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint in --out")
+    g.add_argument("--stop-signals", default=None, metavar="LIST",
+                   help="signals on which every rank stops at the same step, writes a checkpoint there and the run "
+                   f"ends 'preempted' with exit status 75 (default USR1,TERM; any of {','.join(STOP_SIGNALS)}; 'none')")
     g.add_argument("--validate-every", type=int, default=None, help="validate every N epochs (default 1)")
     g.add_argument("--validate-every-s", type=float, default=None, metavar="S",
                    help="validate after each epoch that brings S more seconds of training steps (instead of every N epochs)")
@@ -197,7 +201,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    from harness.train import stopping
+
+    stopping.install(cfg.train.stop_signals)  # before TensorFlow's import: a signal during start-up is kept
     from harness.train.trainer import train
 
-    record = train(cfg)
+    try:
+        record = train(cfg)
+    except Preempted:
+        stopping.ignore()  # the run is over: a late signal must not turn exit status 75 into death by that signal
+        raise
     return 0 if record["status"] == "ok" else 1

@@ -149,9 +149,12 @@ def check_distinct_gpus(identities: Sequence[tuple[str, str | None]]) -> None:
 
 
 def set_threads(threads: int | None, local_size: int) -> int:
-    """CPU threads per rank: given, or this process's cores / local ranks. Must run before TensorFlow starts."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n_threads = threads or max(1, cores // max(1, local_size))
+    """CPU threads per rank: given, or from the cores this rank may use (harness.engines.cores). Must run before
+    TensorFlow starts."""
+    from harness.engines.cores import allowed_cores, cpus_per_task, threads_per_rank
+
+    cores = len(allowed_cores())
+    n_threads = threads or threads_per_rank(cores, local_size, cpus_per_task())
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n_threads)
         tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, n_threads)))

@@ -15,6 +15,11 @@ from harness.native_log import filtered_command
 
 LOCAL_LAUNCHERS = ("horovodrun", "mpirun", "mwms")  # start ranks on this machine (mwms: `bratsbench launch`)
 LAUNCHERS = (*LOCAL_LAUNCHERS, "srun")  # srun only inside a SLURM allocation
+# Open MPI binds each rank to one core when np <= 2 (to a socket above): a rank's TensorFlow threads would then
+# share that one core. Unbound, each rank sizes its thread pools from the cores the process may use divided by the
+# ranks on its node (harness.engines.cores), which is what a scheduler's allocation gives the job; srun binds per
+# task by itself (--cpus-per-task), so its ranks need no division.
+MPIRUN_BINDING = ("--bind-to", "none")
 
 
 def bratsbench_command() -> list[str]:
@@ -80,7 +85,7 @@ def launch_command(
     if launcher == "mpirun":
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
         local = [] if allocation else ["--oversubscribe", *out]
-        return ["mpirun", "-np", n, *root, *local, *cmd]
+        return ["mpirun", "-np", n, *root, *local, *MPIRUN_BINDING, *cmd]
     return [*_horovodrun(), "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *out, *cmd]
 
 

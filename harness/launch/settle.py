@@ -57,24 +57,28 @@ _SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([\d,-]+): (.+)")
 
 
 def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
-    """Why a run did not end ok, in one line."""
+    """Why a run did not end ok, in one line.
+
+    The launcher's word on the rank that failed first wins where that rank was killed by a signal: it could not
+    record a reason, and what the others recorded (a broken collective: they survive the launcher's SIGTERM, a stop
+    signal, long enough to see it) is only the consequence. A rank that exited with an error code recorded its own
+    reason, and the record's error says it."""
     code = outcome.exit_code
     if outcome.reason:
         return outcome.reason
-    found = _MWMS_FIRST.search("\n".join(tail))
+    text = "\n".join(tail)
+    found = _MWMS_FIRST.search(text)
     if found:  # our MWMS launcher names the worker that failed first (the others only saw a broken collective)
         return f"MWMS worker {found.group(1)} {found.group(2)}; the launcher stopped the others (exit code {code})"
+    srun, hvd = _srun_first(text, code), _horovodrun_first(text, code)
+    for first, killed in (srun, hvd):
+        if first and killed:
+            return first
     if record and record.get("error"):
         return str(record["error"])
-    found = _SRUN_TASK.search("\n".join(tail))
-    if found:  # srun names the node and task (rank) that failed first; --kill-on-bad-exit stopped the others
-        node, task, what = found.groups()
-        return f"{'rank' if task.isdigit() else 'ranks'} {task} on {node}: {what.strip()}; srun stopped the step (exit code {code})"
-    found = _HVD_FIRST.search("\n".join(tail))
-    if found:  # horovodrun names the rank that failed first
-        rank, rank_code = found.group(1), int(found.group(2))
-        how = f" ({signal.Signals(rank_code - 128).name})" if 128 < rank_code < 128 + 32 else ""
-        return f"rank {rank} exited with code {rank_code}{how}; horovodrun stopped the job (exit code {code})"
+    for first, _ in (srun, hvd):
+        if first:
+            return first
     if code is not None and code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -85,6 +89,35 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     if record.get("status") == "running":
         return f"exit code {code} with the run record still 'running' (a rank died or the run was killed)"
     return f"exit code {code}"
+
+
+def _srun_first(text: str, code: int | None) -> tuple[str | None, bool]:
+    """srun's line on the node and task (rank) that failed first (--kill-on-bad-exit stopped the others), and whether
+    that task was killed by a signal rather than exiting with a code."""
+    found = _SRUN_TASK.search(text)
+    if not found:
+        return None, False
+    node, task, what = found.groups()
+    line = f"{'rank' if task.isdigit() else 'ranks'} {task} on {node}: {what.strip()}; srun stopped the step (exit code {code})"
+    return line, not what.strip().startswith("Exited with exit code")
+
+
+def _horovodrun_first(text: str, code: int | None) -> tuple[str | None, bool]:
+    """horovodrun's line on the rank that failed first, and whether a signal killed it (exit code 128 + signal)."""
+    found = _HVD_FIRST.search(text)
+    if not found:
+        return None, False
+    rank, rank_code = found.group(1), int(found.group(2))
+    killed = 128 < rank_code < 128 + 32
+    how = f" ({signal.Signals(rank_code - 128).name})" if killed else ""
+    return f"rank {rank} exited with code {rank_code}{how}; horovodrun stopped the job (exit code {code})", killed
+
+
+def preempted_line(record: dict[str, Any]) -> str:
+    """One line for a preempted run: "preempted by SIGUSR1 at step 538 (checkpoint written)"."""
+    info = record.get("extra", {}).get("preempted") or {}
+    kept = "checkpoint written" if info.get("checkpoint") else "no checkpoint: a benchmark run starts over"
+    return f"preempted by SIG{info.get('signal') or '?'} at step {info.get('step')} ({kept})"
 
 
 def blank_record(run: RunDir, np_: int) -> dict[str, Any]:
@@ -108,7 +141,9 @@ def settle(run: RunDir, outcome: Outcome, *, np_: int = 1, annotate: dict[str, A
            status: str | None = None) -> dict[str, Any]:
     """Make the run record tell the truth about how the run ended; returns {status, exit_code, seconds, error}.
 
-    ok only when the process exited 0 AND the trainer recorded "ok"; anything else becomes "failed" (or
+    ok only when the process exited 0 AND the trainer recorded "ok"; "preempted" when the trainer recorded it
+    (every rank wrote its share of the checkpoint and waited for rank 0's record before exiting, so the launcher's
+    exit status, 75 or whatever it makes of the ranks' 75, adds nothing); anything else becomes "failed" (or
     `status`, e.g. "interrupted") with exit_code, error and log_tail. `annotate` is merged into record.extra."""
     record = run.read_record()
     seconds = round(outcome.seconds, 2)
@@ -117,6 +152,12 @@ def settle(run: RunDir, outcome: Outcome, *, np_: int = 1, annotate: dict[str, A
             record.setdefault("extra", {}).update(annotate)
             run.write_record(record)
         return {"status": "ok", "exit_code": 0, "seconds": seconds, "error": None}
+    if status is None and outcome.exit_code != 0 and outcome.reason is None and record and record.get("status") == "preempted":
+        record["log_tail"] = log_tail(run)
+        record.setdefault("extra", {}).update(annotate or {})
+        run.write_record(record)
+        return {"status": "preempted", "exit_code": record["exit_code"], "seconds": seconds,
+                "error": preempted_line(record)}
     tail = log_tail(run)
     error = "interrupted by the user" if status == "interrupted" else describe(outcome, record, tail)
     if record is None:

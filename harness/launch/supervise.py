@@ -11,9 +11,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO, TYPE_CHECKING, Callable, Sequence
 
 import psutil
+
+if TYPE_CHECKING:
+    from harness.launch.forward import Forwarder
 
 
 RANK_GRACE_S = 30.0  # a rank gone while the job still runs this long -> the job is killed
@@ -55,13 +58,25 @@ def supervise(
     is_rank: Callable[[psutil.Process], bool] = is_rank_process,
     cpus: Sequence[int] | None = None,
     stop: threading.Event | None = None,
+    forward: "Forwarder | None" = None,
 ) -> Outcome:
     """Run `cmd` in a new session; kill its whole tree on timeout, on a lost rank, or on Ctrl-C (re-raised).
 
     `cpus`: the cores the command (and every process it starts) may use, for runs side by side. `stop`: set by
-    another thread to kill the command as Ctrl-C would (a new session does not see the terminal's Ctrl-C)."""
+    another thread to kill the command as Ctrl-C would (a new session does not see the terminal's Ctrl-C).
+    `forward`: stop signals this process catches are passed on to the run's ranks (which then stop by themselves);
+    the command then starts with SIGUSR1/SIGUSR2 ignored, so a launcher or a rank that is still starting is not
+    killed by one (srun, mpirun and the trainer install their own handlers)."""
     start = time.monotonic()
-    proc = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    preexec = None
+    if forward is not None:
+        from harness.launch.forward import PASSED_THROUGH
+
+        def preexec() -> None:  # runs in the child between fork and exec; exec keeps ignored signals ignored
+            for sig in PASSED_THROUGH:
+                signal.signal(sig, signal.SIG_IGN)
+    proc = subprocess.Popen(list(cmd), stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, preexec_fn=preexec)
     ranks: dict[int, psutil.Process] = {}
     lost_at: float | None = None
     try:
@@ -70,6 +85,8 @@ def supervise(
         while True:
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
+            if forward is not None:
+                forward.flush(proc, is_rank)
             try:
                 code = proc.wait(timeout=poll_s)
                 return Outcome(code, time.monotonic() - start)

@@ -5,9 +5,14 @@ supervision and settling live in `harness.launch`; this module adds the sweep's 
 dependency rule (a transfer run needs its pre-training ok) and resumability: runs already "ok" are skipped, so
 a second `sweep run` finishes only what is missing.
 
-Also the entry point of cluster array tasks: `python -m harness.sweep.runner run-task` does in one allocation
-what `run_one` does locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
-srun/mpirun/horovodrun under the sweep's timeout, settle).
+A run whose last attempt was preempted (it stopped on a signal with a checkpoint: record.extra.preempted)
+continues from that checkpoint instead of starting over, keeping its record's history and earlier logs.
+
+Cluster array tasks (`bratsbench sweep run-task`, harness.sweep.task) do in one allocation what `run_one` does
+locally (skip if ok, fail if the pre-training failed, write the run's config, launch with
+srun/mpirun/horovodrun under the sweep's timeout, settle), passes the job's stop signals on to the ranks, and
+says whether a preempted run's array task should requeue itself (exit status 75); an earlier attempt that
+was killed without settling (a record still "running") is recorded failed first.
 
 `--pack` (many points in one MPI job, side by side on sub-communicators) lives in `harness.sweep.pack`, which
 reuses this module's dependency rule, run folders and summary line.
@@ -15,8 +20,6 @@ reuses this module's dependency rule, run folders and summary line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shlex
 import sys
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from harness import launch
+from harness.checkpoint import resume_problem
 from harness.errors import UserError
 from harness.launch import RANK_GRACE_S
 from harness.record import utc_now
@@ -46,18 +50,36 @@ def sweep_info(run: PlannedRun, sweep: str) -> dict[str, Any]:
     return {"sweep": sweep, "run_id": run.run_id, **info}
 
 
-def prepare_run_dir(run: PlannedRun, results: Path) -> RunDir:
-    """The run's config file, with `out` = this folder and `init_from` resolved into the pre-training run's folder."""
+def prepare_run_dir(run: PlannedRun, results: Path, resume: bool = False) -> RunDir:
+    """The run's config file, with `out` = this folder, `init_from` resolved into the pre-training run's folder and
+    `train.resume` when it continues from its own checkpoint."""
     folder = run_dir(results, run).create()
-    folder.write_config(run.config_for(folder.path, results).to_dict())
+    cfg = run.config_for(folder.path, results)
+    cfg.train.resume = resume
+    folder.write_config(cfg.to_dict())
     return folder
+
+
+def resume_from(run: PlannedRun, results: Path) -> tuple[bool, str | None]:
+    """(whether the run continues from its checkpoint, why a preempted run cannot): its last attempt was preempted
+    with a checkpoint, and that checkpoint is complete and fits the run's model."""
+    folder = run_dir(results, run)
+    record = folder.read_record() or {}
+    preempted = (record.get("extra") or {}).get("preempted")
+    if not preempted:
+        return False, None
+    if not preempted.get("checkpoint"):
+        return False, "its preemption left no checkpoint (a benchmark run)"
+    problem = resume_problem(folder.checkpoints, run.config.model)
+    return problem is None, problem
 
 
 def dependency_problem(run: PlannedRun, results: Path) -> str | None:
     for dep in run.depends_on:
         status = RunDir(index.run_dir(results, dep)).status()
         if status != "ok":
-            return f"dependency {dep} {'failed' if status in ('failed', 'interrupted') else 'did not run'}"
+            how = {"failed": "failed", "interrupted": "failed", "preempted": "was preempted"}.get(status, "did not run")
+            return f"dependency {dep} {how}"
     return None
 
 
@@ -70,23 +92,29 @@ def launch_command(run: PlannedRun, results: Path, launcher: str = "horovodrun")
 
 def run_one(run: PlannedRun, results: Path, spec: SweepSpec, grace_s: float = RANK_GRACE_S, *,
             allocation: bool = False, launcher: str | None = None, srun_mpi: str = "pmix",
-            hosts: str | None = None) -> dict[str, Any]:
-    """Launch one run and settle it. KeyboardInterrupt: the run is killed, recorded 'interrupted', re-raised."""
+            hosts: str | None = None, forward: launch.Forwarder | None = None,
+            job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Launch one run (continuing a preempted one from its checkpoint) and settle it. KeyboardInterrupt: the run is
+    killed, recorded 'interrupted', re-raised. `forward`, `job`: an array task's signal forwarding and its job
+    (kept in the run's index entry)."""
     info = {"sweep": sweep_info(run, spec.name)}
     problem = dependency_problem(run, results)
     if problem:
         entry = launch.fail_unstarted(run_dir(results, run), problem, np_=run.np, annotate=info)
         index.set_run(results, run.run_id, label=run.label, **entry)
         return entry
-    folder = prepare_run_dir(run, results)
+    resume, why_not = resume_from(run, results)
+    if why_not:
+        print(f"{run.label} ({run.run_id}): starts over: {why_not}", file=sys.stderr, flush=True)
+    folder = prepare_run_dir(run, results, resume=resume)
     index.set_run(results, run.run_id, status="running", label=run.label, started_at=utc_now(),
-                  host=os.uname().nodename)
+                  host=os.uname().nodename, resumed=resume, **(job or {}))
     if not allocation:
         launcher = launch.launcher_for(run.config.train.backend, launcher or spec.launcher)
     try:
         entry = launch.launch_train(folder, run.np, launcher=launcher or spec.launcher, allocation=allocation,
                                     srun_mpi=srun_mpi, hosts=hosts, timeout_s=spec.timeout_s, grace_s=grace_s,
-                                    annotate=info)
+                                    annotate=info, resume=resume, forward=forward)
     except KeyboardInterrupt:
         index.set_run(results, run.run_id, status="interrupted", error="interrupted by the user")
         raise
@@ -179,64 +207,3 @@ def summary_line(spec: SweepSpec, results: Path, counts: dict[str, int], interru
         f"sweep {spec.name} {head}: {counts['ok']} ok, {counts['skipped']} skipped (already ok), "
         f"{counts['failed']} failed; results in {results / index.INDEX_NAME}"
     )
-
-
-# --- cluster array tasks --------------------------------------------------------------------------------
-
-
-def _load_emitted(plan_path: Path, run_id: str) -> tuple[SweepSpec, list[dict[str, Any]], PlannedRun]:
-    from harness.sweep.spec import parse_spec
-
-    try:
-        data = json.loads(Path(plan_path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{plan_path}: cannot read the emitted plan ({exc})") from None
-    for item in data["plan"]:
-        if item["run_id"] == run_id:
-            return parse_spec(data["spec"], origin=str(plan_path)), data["plan"], PlannedRun.from_dict(item)
-    raise UserError(f"{plan_path}: no run {run_id} in the plan")
-
-
-def run_task(plan_path: Path, results: Path, run_id: str, launcher: str, srun_mpi: str = "pmix",
-             tasks_per_node: int | None = None) -> int:
-    """One array task inside its allocation: 0 ok, EXIT_SKIP already ok, 1 failed (recorded)."""
-    spec, planned, run = _load_emitted(plan_path, run_id)
-    results = Path(results)
-    if not (results / index.INDEX_NAME).exists():
-        index.init_index(results, spec.to_dict(), planned)
-    if run_dir(results, run).status() == "ok":
-        index.set_run(results, run_id, status="ok", label=run.label)
-        print(f"{run.label}: already ok, skipped")
-        return EXIT_SKIP
-    hosts = launch.allocation_hosts(tasks_per_node or run.np) if launcher == "horovodrun" and run.np > 1 else None
-    restore = launch.sigterm_as_interrupt()  # scancel: the run is recorded interrupted
-    try:
-        entry = run_one(run, results, spec, allocation=True, launcher=launcher, srun_mpi=srun_mpi, hosts=hosts)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        restore()
-    print(f"{run.label} ({run_id}): {entry['status']} in {entry['seconds']:.1f} s" + (f" - {entry['error']}" if entry["error"] else ""))
-    return 0 if entry["status"] == "ok" else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep.runner", description="The step emitted array jobs run.")
-    sub = parser.add_subparsers(dest="step", required=True)
-    p = sub.add_parser("run-task", help="run one sweep point inside its allocation and settle its record")
-    p.add_argument("--plan", required=True, type=Path, help="plan.json written by `bratsbench sweep emit`")
-    p.add_argument("--results", required=True, type=Path, help="the sweep's results folder")
-    p.add_argument("--run-id", required=True, help="the run this array task owns")
-    p.add_argument("--launcher", required=True, choices=launch.LAUNCHERS, help="how ranks start in the allocation")
-    p.add_argument("--srun-mpi", default="pmix", help="srun --mpi plugin (default pmix)")
-    p.add_argument("--tasks-per-node", type=int, default=None, help="ranks per node (horovodrun's -H)")
-    args = parser.parse_args(argv)
-    try:
-        return run_task(args.plan, args.results, args.run_id, args.launcher, args.srun_mpi, args.tasks_per_node)
-    except UserError as exc:
-        print(f"bratsbench: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

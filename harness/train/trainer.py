@@ -22,14 +22,15 @@ from harness.checkpoint import check_compatible, check_optimizer
 from harness.config import RunConfig
 from harness.engines import Engine, default_backend, make_engine, unavailable
 from harness.engines.base import check_distinct_gpus, cpu_bf16_instructions, gpu_identity
-from harness.errors import UserError, os_error_line
+from harness.errors import EXIT_PREEMPTED, Preempted, UserError, one_line, os_error_line
 from harness.losses import make_loss
 from harness.outdir import ensure_output_dir
 from harness.model import apply_freeze, build_unet, set_seed, count_params, forward_flops, training_flops, unfreeze_all
-from harness.record import new_record, utc_now
+from harness.record import new_record, utc_from, utc_now
 from harness.rundir import RunDir
 from harness.system import collect as collect_system
 from harness.train.profiling import StepProfiler
+from harness.train import stopping
 from harness.train.sources import Source, iterate, make_source
 from harness.train.step import make_optimizer, make_train_step, optimizer_variables
 from harness.train.timing import GpuMemory, Phases, StepTimer, peak_host_mem_mb
@@ -86,6 +87,13 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
         finish(session, cfg, engine, writer, record)
         session.phases.add("bookkeeping_s", time.perf_counter() - t_finish)  # checksums, timing and memory over ranks
         record["status"], record["exit_code"] = "ok", 0
+    except Preempted as stop:
+        record["status"], record["exit_code"], record["error"] = "preempted", EXIT_PREEMPTED, None
+        record["extra"]["preempted"] = stop.info
+        record["finished_at"], record["wall_s"] = utc_now(), time.perf_counter() - t_start
+        writer.record(record)
+        engine.mean([0.0])  # every rank waits for rank 0's checkpoint and record before any exits (srun, mpirun
+        raise               # and horovodrun stop the others when one exits non-zero)
     except KeyboardInterrupt:
         record["status"], record["exit_code"], record["error"] = "interrupted", 130, "interrupted"
         raise
@@ -93,7 +101,7 @@ def train(cfg: RunConfig, engine: Engine | None = None, started_at: float | None
         record["status"], record["exit_code"], record["error"] = "failed", 2, str(exc)
         raise
     except Exception as exc:
-        error = os_error_line(exc) or f"{type(exc).__name__}: {exc}"  # disk full: the line the user sees
+        error = os_error_line(exc) or one_line(f"{type(exc).__name__}: {exc}")  # disk full: the line the user sees
         record["status"], record["exit_code"], record["error"] = "failed", 1, error
         raise
     finally:
@@ -116,6 +124,7 @@ def _start_record(cfg: RunConfig, engine: Engine, writer: RunWriter) -> dict[str
         earlier = writer.run.read_record() or {}
         record["history"] = earlier.get("history", [])
         record["extra"]["resumes"] = int(earlier.get("extra", {}).get("resumes", 0)) + 1
+        record["extra"].update(stopping.carried(earlier.get("extra", {})))
     writer.record(record)
     return record
 
@@ -151,6 +160,9 @@ class Session:
     since_val_s: float = 0.0  # seconds in training steps since the last validation (validate_every_s)
     spent_s: float = 0.0  # seconds in training steps so far, earlier (resumed) epochs included: the budget's clock
     out_of_budget: bool = False
+    signalled: bool = False  # a stop signal reached some rank: every rank stops at this step
+    until_check: int = 1  # steps until the ranks next ask each other about a stop signal (stopping.steps_between)
+    saved_step: int = -1  # the step of the last checkpoint written
 
     def rebuild_step(self, engine: Engine) -> None:
         """A tf.function step reads `trainable_variables` when traced: rebuild it after (un)freezing."""
@@ -265,6 +277,8 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
     start_epoch = int(s.epoch_var.numpy())
     record["history"] = [h for h in record["history"] if h.get("epoch", 0) <= start_epoch]
     s.spent_s = sum(h.get("train_s") or 0.0 for h in record["history"])
+    partial = stopping.partial_epoch(record["extra"], global_step)  # the steps a preempted epoch took before
+    s.spent_s += partial.get("train_s", 0.0)
     t_setup = time.perf_counter()
     s.stream = _run_stream(s, tcfg.benchmark, start_epoch, done=0 if tcfg.benchmark else global_step - start_epoch * s.steps_per_epoch)
     s.phases.add("input_setup_s", time.perf_counter() - t_setup)
@@ -276,6 +290,7 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             record["model"]["unfrozen_at_epoch"] = epoch
         t_epoch = time.perf_counter()
         losses, times, global_step = run_epoch(s, cfg, epoch, global_step, writer, engine)
+        stopping_here = _stop_point(s, cfg, engine, writer, epoch, global_step, losses, times)
         s.epoch_var.assign(epoch + 1)
         t_book = time.perf_counter()
         mean_loss = engine.mean([float(np.mean(losses)) if losses else float("nan")])[0]
@@ -285,12 +300,14 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
             "train_s": float(np.sum(times)),  # in training steps (a time-to-target counts these, not validation)
             "params_trainable": count_params(s.model)["trainable"],
         }
+        if epoch == start_epoch:
+            stopping.merge_partial(entry, partial, len(times))
         s.phases.add("bookkeeping_s", time.perf_counter() - t_book)
         s.since_val_s += entry["train_s"]
         # decided on the mean over ranks, so every rank validates (a collective) at the same epoch
         due = ((epoch + 1) % tcfg.validate_every == 0 if tcfg.validate_every_s is None
                else engine.mean([s.since_val_s])[0] >= tcfg.validate_every_s)
-        if s.val_items and (due or epoch + 1 == s.epochs or s.out_of_budget):
+        if s.val_items and (due or epoch + 1 == s.epochs or s.out_of_budget) and not stopping_here:
             s.since_val_s = 0.0
             t_val = time.perf_counter()
             result = evaluate_items(s.model, s.val_items, cfg.data.crop, engine)
@@ -310,6 +327,8 @@ def epoch_loop(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, re
         s.phases.add("bookkeeping_s", time.perf_counter() - t_book)
         if s.out_of_budget:
             break
+        if stopping_here:
+            _preempt(s, cfg, engine, writer, epoch + 1, global_step, [], [])
     s.profiler.close()
 
 
@@ -345,26 +364,60 @@ def run_epoch(s: Session, cfg: RunConfig, epoch: int, global_step: int, writer: 
             bar.update(loss)
             if tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0:
                 _checkpoint(s, writer, global_step)
-            if _over_budget(s, tcfg, t2 - t0, engine):
+            if _should_stop(s, tcfg, t2 - t0, engine):
                 break
     if s.gpu_memory:
         s.gpu_memory.read()
     return losses, times, global_step
 
 
-def _over_budget(s: Session, tcfg: Any, step_s: float, engine: Engine) -> bool:
-    """Whether the training-time budget is spent; decided on the mean over ranks, so every rank stops at the
-    same step (a rank that stopped alone would leave the others waiting in their next collective)."""
-    if tcfg.budget_s is None or tcfg.benchmark:
+def _should_stop(s: Session, tcfg: Any, step_s: float, engine: Engine) -> bool:
+    """Whether the training-time budget is spent or a stop signal reached any rank; decided on one mean over ranks,
+    so every rank stops at the same step (a rank that stopped alone would leave the others waiting in their next
+    collective). A budget asks after every step; stop signals alone about once a second of steps (the flag rides
+    along the budget's mean where there is one); without either there is nothing to ask the other ranks."""
+    budget = tcfg.budget_s is not None and not tcfg.benchmark
+    if budget:
+        s.spent_s += step_s
+    s.until_check -= 1
+    if not (budget or (stopping.armed() and s.until_check <= 0)):
         return False
-    s.spent_s += step_s
-    s.out_of_budget = engine.mean([s.spent_s])[0] >= tcfg.budget_s
-    return s.out_of_budget
+    (spent, mean_step_s), s.signalled = stopping.agree([s.spent_s, step_s], engine.mean)
+    s.until_check = stopping.steps_between(mean_step_s)  # the same on every rank: it comes from the mean
+    s.out_of_budget = budget and spent >= tcfg.budget_s
+    return s.out_of_budget or s.signalled
+
+
+def _stop_point(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, epoch: int, step: int,
+                losses: list[float], times: list[float]) -> bool:
+    """After an epoch's steps, where a stop signal ends the run: mid-epoch, a checkpoint at this step (Preempted
+    raised); at an epoch's end, True: the epoch is recorded (without the validation, which may take long) and
+    its checkpoint is the one to resume from; after the last epoch, False: the run ends ok."""
+    complete = len(times) == s.total_steps if cfg.train.benchmark else step == (epoch + 1) * s.steps_per_epoch
+    if s.signalled and not complete:
+        _preempt(s, cfg, engine, writer, epoch, step, losses, times)
+    return s.signalled and epoch + 1 < s.epochs
+
+
+def _preempt(s: Session, cfg: RunConfig, engine: Engine, writer: RunWriter, epoch: int, step: int,
+             losses: list[float], times: list[float]) -> None:
+    """Every rank: the checkpoint of this step (the epoch counter stays at this epoch, so --resume skips the steps
+    it already took), then Preempted. Benchmark runs keep no checkpoint: they start over."""
+    s.profiler.close()
+    if not cfg.train.benchmark and s.saved_step != step:
+        _checkpoint(s, writer, step)
+    got = [g for g in engine.allgather_object(stopping.received()) if g["signal"]]  # perhaps only some ranks got it
+    first = min(got, key=lambda g: g["at"]) if got else {"signal": None, "at": None}
+    loss = engine.mean([float(np.mean(losses)) if losses else 0.0])[0]
+    raise Preempted({"signal": first["signal"], "step": step, "epoch": epoch + 1, "checkpoint": not cfg.train.benchmark,
+                     "signalled_at": utc_from(first["at"]), "ranks_signalled": len(got),
+                     "epoch_steps": len(times), "epoch_loss": loss, "epoch_train_s": float(np.sum(times))})
 
 
 def _checkpoint(s: Session, writer: RunWriter, step: int) -> None:
     t = time.perf_counter()
     writer.checkpoint(s.manager, step)
+    s.saved_step = step
     s.phases.add("checkpoint_s", time.perf_counter() - t)
 
 
