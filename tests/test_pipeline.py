@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.data.pipeline import (
-    INTENSITY_SCALE, INTENSITY_SHIFT, PASS_STRIDE, CropSampler, aligned_empty, epoch_order, epoch_shard, eval_cases,
+    INTENSITY_SCALE, INTENSITY_SHIFT, PASS_STRIDE, BatchMemory, CropSampler, aligned_empty, epoch_order, epoch_shard, eval_cases,
     pass_epochs, steps_per_epoch, train_dataset,
 )
 from harness.data.store import open_store, prepare_store
@@ -222,6 +222,46 @@ def test_batches_come_in_aligned_arrays_and_the_dataset_holds_them(store):
     for i, (ci, ix) in enumerate(((1, 0), (4, 1))):
         one_x, one_y = sampler.sample(0, ci, ix)
         assert np.array_equal(one_x, x[i]) and np.array_equal(one_y, y[i])
+
+
+def test_batch_memory_is_reused_only_when_nothing_refers_to_it():
+    memory = BatchMemory()
+    first = memory.take(100)
+    view = first[4:50].view(np.uint16)[::2]  # any array made from the block keeps it
+    del first
+    second = memory.take(100)
+    assert len(memory) == 2 and second.base is None
+    del view
+    third = memory.take(100)
+    assert len(memory) == 2 and third is not second  # the first block again
+    assert memory.take(200) is not None and len(memory) == 3  # another size: another block
+    del second, third
+    assert len({id(memory.take(100)) for _ in range(5)}) == 1
+
+
+def test_batches_tensorflow_still_holds_are_never_overwritten(store):
+    """Memory comes back to the sampler only when TensorFlow has dropped a batch: tensors kept by the consumer
+    keep their values while the pipeline runs on, and memory stays bounded by the batches alive at once."""
+    ids = train_ids(store)
+    kept, values = [], []
+    ds = train_dataset(store, ids, MODS, ROI, 1, seed=6, epochs=6, num_parallel=2)
+    for step, (x, y) in enumerate(ds):
+        if step % 5 == 0:
+            kept.append((x, y))
+            values.append((x.numpy().copy(), y.numpy().copy()))
+    again = batches(train_dataset(store, ids, MODS, ROI, 1, seed=6, epochs=6))
+    assert len(again) == 6 * len(ids) and len(kept) == len(range(0, len(again), 5))
+    for (x, y), (vx, vy), step in zip(kept, values, range(0, len(again), 5)):
+        assert np.array_equal(x.numpy(), vx) and np.array_equal(y.numpy(), vy)
+        assert np.array_equal(vx, again[step][0]) and np.array_equal(vy, again[step][1])
+
+
+def test_sampler_memory_stays_bounded_over_many_batches(store):
+    ids = train_ids(store)
+    sampler = CropSampler(store, ids, MODS, CROP, seed=1, tumour_share=0.5, augment=True)
+    for i in range(50):
+        x, y = sampler.batch([0, 0], [i % len(ids), (i + 1) % len(ids)], [2 * i, 2 * i + 1])
+    assert len(sampler.memory) == 2  # the batch held in x, y and the one being written
 
 
 def test_eval_cases_yield_whole_volumes(store):

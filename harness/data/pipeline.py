@@ -11,6 +11,7 @@ TensorFlow is imported inside the functions that need it so the planning helpers
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -54,14 +55,55 @@ _ALIGN = 64  # bytes: TensorFlow adopts an ndarray this aligned without a copy (
 _STAGE_BYTES = 1 << 18  # a slab of the crop staged at a time: stays in L2 between the ufunc passes
 
 
-def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
-    """np.empty, 64-byte aligned. numpy's large arrays sit 16 bytes past a page, and `numpy_function` copies an
-    output that is not aligned for Eigen: 3 ms a sample at 4x128^3 float32 (measured, docs/benchmarks.md)."""
+def _aligned(owner: np.ndarray, shape: Sequence[int], dtype, offset: int = 0) -> np.ndarray:
+    """A C-contiguous `dtype` array of `shape` at the first 64-byte boundary at or after `offset` bytes of `owner`."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    return raw[start:start + nbytes].view(dtype).reshape(tuple(shape))
+    start = offset + (-(owner.ctypes.data + offset) % _ALIGN)
+    return owner[start:start + nbytes].view(dtype).reshape(tuple(shape))
+
+
+def aligned_empty(shape: Sequence[int], dtype) -> np.ndarray:
+    """np.empty, 64-byte aligned. numpy's large arrays sit 16 bytes past a page, and `numpy_function` copies an
+    output that is not aligned for Eigen: 3 ms a sample at 4x128^3 float32 (docs/benchmarks.md)."""
+    return _aligned(np.empty(int(np.prod(shape)) * np.dtype(dtype).itemsize + _ALIGN, np.uint8), shape, dtype)
+
+
+def _idle_references() -> int:
+    """What sys.getrefcount says of a BatchMemory block nothing else refers to (same code path as the scan)."""
+    for block in [np.empty(1, np.uint8)]:
+        return sys.getrefcount(block)
+    raise AssertionError
+
+
+class BatchMemory:
+    """Blocks of memory for batches, each reused once no array made from it is alive any more.
+
+    TensorFlow adopts an aligned batch from `numpy_function` without a copy and holds it until it drops the tensor,
+    so when to reuse a block is told by its reference count: every view of it (numpy collapses view chains onto
+    the block) holds one reference. Fresh memory per batch cost a page fault per 4 KiB, the kernel zeroing every
+    page, and an munmap that stalls the process's other map calls: a quarter of a sample's time on one core and
+    the second core's gain (docs/benchmarks.md). The pool grows to the number of batches alive at once.
+    """
+
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._idle = _idle_references()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 block of at least `nbytes` + alignment slack that nothing else refers to."""
+        size = nbytes + _ALIGN
+        with self._lock:
+            for block in self._blocks:
+                if block.nbytes == size and sys.getrefcount(block) <= self._idle:
+                    return block
+            block = np.empty(size, np.uint8)
+            self._blocks.append(block)
+            return block
 
 
 def _window(array: np.ndarray, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -132,6 +174,7 @@ class CropSampler:
         self._cases: dict[str, _Case] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.memory = BatchMemory()
 
     def _case(self, case_id: str) -> _Case:
         case = self._cases.get(case_id)
@@ -210,11 +253,15 @@ class CropSampler:
         return x[0], y[0]
 
     def batch(self, epochs: Sequence[int], case_indices: Sequence[int], indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(x (B,cx,cy,cz,C) float32, y (B,cx,cy,cz) int32) of the given samples, in fresh aligned arrays that
-        TensorFlow takes over without a copy."""
+        """(x (B,cx,cy,cz,C) float32, y (B,cx,cy,cz) int32) of the given samples, in aligned arrays that TensorFlow
+        takes over without a copy, on memory of a batch nothing refers to any more (`BatchMemory`)."""
         n = len(indices)
-        x = aligned_empty((n, *self.crop, len(self.channels)), np.float32)
-        y = aligned_empty((n, *self.crop), np.int32)
+        x_shape, y_shape = (n, *self.crop, len(self.channels)), (n, *self.crop)
+        x_bytes = int(np.prod(x_shape)) * 4
+        block = self.memory.take(x_bytes + _ALIGN + int(np.prod(y_shape)) * 4)
+        x = _aligned(block, x_shape, np.float32)
+        y = _aligned(block, y_shape, np.int32, offset=x.ctypes.data - block.ctypes.data + x_bytes)
+        del block
         for i, (e, ci, ix) in enumerate(zip(epochs, case_indices, indices)):
             self.fill(x[i], y[i], e, ci, ix)
         return x, y
