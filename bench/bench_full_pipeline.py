@@ -29,14 +29,16 @@ CROP = (128, 128, 128)
 BATCH = 2
 ROI = (160, 192, 144)
 GOAL_RATIO, GOAL_SPEEDUP = 0.15, 1.7
-# Published training rates at 128^3 x 4, volumes (samples) per second, from docs/benchmarks.md's sources
-# (NVIDIA DeepLearningExamples READMEs, as gathered in the project's reference-systems notes).
+# Published training rates at 128^3 x 4 (volumes = samples per second), as docs/benchmarks.md's reference figures
+# give them: NVIDIA DeepLearningExamples, TensorFlow/Segmentation/UNet_3D_Medical (TF1) and its TF2 nnU-Net.
 GPU_RATES = (
     ("nnU-Net TF2, 1x A100-80G, AMP, batch 2", 29.3),
     ("nnU-Net TF2, 1x A100-80G, TF32, batch 2", 11.81),
     ("UNet_3D_Medical TF1, 1x A100-80G, AMP, batch 4", 19.88),
+    ("UNet_3D_Medical TF1, 1x A100-80G, AMP, batch 2", 17.91),
     ("UNet_3D_Medical TF1, 1x A100-80G, TF32, batch 2", 10.40),
     ("nnU-Net TF2, 8x A100-80G, AMP, batch 2 (one node)", 219.3),
+    ("UNet_3D_Medical TF1, 8x A100-80G, AMP, batch 4 (one node)", 140.44),
 )
 
 
