@@ -63,7 +63,8 @@ def scaling_section(records: list[dict], out: Path) -> Section:
         "Weak scaling fixes the per-rank batch, strong scaling the global batch. speedup = throughput(np) / "
         "throughput(smallest np), efficiency = speedup / (np / smallest np), ideal = linear from the smallest np. "
         "Each point is the median of its repeats [95% bootstrap CI]; a speedup pairs the repeats of the same round; "
-        "noisy: the repeats spread more than 10% (CV)."))
+        "noisy: the repeats spread more than 10% (CV); input-bound: the steps waited for input more than 10% of "
+        "their time, so the point measures the input pipeline (compare a --synthetic-input run of the same point)."))
     table = tables.scaling_table(records)
     if table.empty:
         s.skipped = "no series of >= 2 rank counts that share the per-rank (weak) or global (strong) batch and all other settings"

@@ -123,7 +123,10 @@ def _paired(g: pd.DataFrame, base: pd.DataFrame) -> tuple[list[float], list[floa
 
 SCALING_COLUMNS = ["scaling", "group", "np", "batch_size", "global_batch", "runs", "throughput", "throughput_ci_low",
                    "throughput_ci_high", "throughput_cv", "ideal", "speedup", "speedup_ci_low", "speedup_ci_high",
-                   "efficiency", "efficiency_ci_low", "efficiency_ci_high", "step_time_ms", "noisy"]
+                   "efficiency", "efficiency_ci_low", "efficiency_ci_high", "step_time_ms", "noisy", "input_wait_share",
+                   "input_bound"]
+# a point whose steps wait for input longer than this share of their time measures the input pipeline, not the step
+INPUT_BOUND_SHARE = 0.10
 
 
 def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -135,7 +138,8 @@ def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     speedup is the median of throughput(np) / throughput(base) over repeats paired by round (repeat, seed), with
     a bootstrap CI over the pairs; ideal = median throughput(base) * np / base_np, efficiency = speedup / (np /
     base_np). With one repeat the CIs are empty ("-"). `noisy` flags a point whose repeats (or paired ratios)
-    spread more than analysis.stats.WIDE_CV. Group labels name only the settings that differ between series.
+    spread more than analysis.stats.WIDE_CV; `input_bound` one whose steps waited for input more than
+    INPUT_BOUND_SHARE of their time (median over repeats). Group labels name only the settings that differ.
     """
     from analysis.stats import median_ci, ratio_ci
 
@@ -155,6 +159,7 @@ def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         base_median = median_ci(base["throughput"]).value
         for n, p in points:
             thr = median_ci(p["throughput"])
+            wait = float(p["input_wait_share"].median()) if p["input_wait_share"].notna().any() else math.nan
             num, den = _paired(p, base)
             if num:
                 speed = ratio_ci(num, den)
@@ -170,6 +175,7 @@ def scaling_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                 "efficiency_ci_low": speed.low / scale, "efficiency_ci_high": speed.high / scale,
                 "step_time_ms": float(p["step_time_s"].median()) * 1e3 if p["step_time_s"].notna().any() else math.nan,
                 "noisy": bool(thr.wide or (n != base_np and speed.wide)),
+                "input_wait_share": wait, "input_bound": bool(wait > INPUT_BOUND_SHARE),
             })
     return system_column(pd.DataFrame(rows, columns=[SYSTEM, *SCALING_COLUMNS]), several_systems(df))
 
@@ -191,6 +197,8 @@ def scaling_view(table: pd.DataFrame) -> pd.DataFrame:
             with_ci(v, lo, hi) for v, lo, hi in zip(table[col], table[f"{col}_ci_low"], table[f"{col}_ci_high"])]
     view["cv %"] = (100 * table["throughput_cv"]).round(1)
     view["noisy"] = ["yes" if n else "" for n in table["noisy"]]
+    view["input wait %"] = (100 * table["input_wait_share"]).round(1)
+    view["input-bound"] = ["yes" if b else "" for b in table["input_bound"]]
     return view
 
 

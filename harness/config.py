@@ -102,6 +102,9 @@ class DataConfig:
     synthetic: bool = False
     store: str | None = None
     split: str | None = None
+    # a benchmark of a store run's step on generated in-memory tensors of the same shapes: the step's rate without
+    # the input pipeline, to set beside the store run's (input-bound or compute-bound?)
+    synthetic_input: bool = False
     crop: tuple[int, int, int] = (32, 32, 32)
     synthetic_samples: int = 16
     tumour_share: float = 0.5
@@ -129,6 +132,8 @@ class DataConfig:
             raise UserError("no input: pass --synthetic or --store STORE --split FILE")
         if self.store and not self.split:
             raise UserError("--store needs --split FILE (made by `bratsbench split`)")
+        if self.synthetic_input and (self.synthetic or not self.store):
+            raise UserError("--synthetic-input keeps a store run's shapes: it needs --store and --split, not --synthetic")
         if not 0.0 <= self.tumour_share <= 1.0:
             raise UserError(f"tumour_share {self.tumour_share} must be in [0, 1]")
         _positive("synthetic_samples", self.synthetic_samples)
@@ -228,7 +233,7 @@ class TrainConfig:
 # (section, field, default): see identity()
 ADDED_FIELDS = (("", "repeat", 0), ("train", "budget_s", None), ("train", "validate_every_s", None),
                 ("train", "device", "auto"), ("train", "op_determinism", None), ("train", "grad_reduction", None),
-                ("train", "stop_signals", list(DEFAULT_STOP_SIGNALS)))
+                ("train", "stop_signals", list(DEFAULT_STOP_SIGNALS)), ("data", "synthetic_input", False))
 
 
 @dataclass
@@ -251,6 +256,8 @@ class RunConfig:
         self.model.validate()
         self.data.validate(self.model.depth)
         self.train.validate(self.model.depth)
+        if self.data.synthetic_input and not self.train.benchmark:
+            raise UserError("--synthetic-input times the step without the input pipeline: it needs --benchmark")
         return self
 
     def to_dict(self) -> dict[str, Any]:

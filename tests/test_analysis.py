@@ -133,6 +133,25 @@ def test_scaling_single_runs_have_no_ci_and_are_not_flagged():
     assert not t["noisy"].any()
 
 
+@pytest.mark.parametrize("waits, bound", [((0.02, 0.04), (False, False)), ((0.03, 0.45), (False, True)), ((None, None), (False, False))])
+def test_scaling_table_flags_points_that_wait_for_input(waits, bound):
+    records = []
+    for n, wait in zip((1, 2), waits):
+        for r in range(3):
+            rec = make_record(np_=n, throughput=10.0 * n, repeat=r)
+            if wait is not None:
+                rec["timing"]["input_wait_share"] = wait + 0.01 * (r - 1)
+            records.append(rec)
+    t = tables.scaling_table(records).set_index("np")
+    assert tuple(t["input_bound"]) == bound
+    if waits[0] is None:
+        assert t["input_wait_share"].isna().all()
+    else:
+        assert tuple(t["input_wait_share"]) == pytest.approx(waits)  # the median of the repeats
+    view = tables.scaling_view(t.reset_index())
+    assert list(view["input-bound"]) == ["yes" if b else "" for b in bound]
+
+
 def test_phases_table_and_training_share(tmp_path, cli):
     recs = {}
     # two training runs, and a benchmark point that is mostly start-up: never summarised together

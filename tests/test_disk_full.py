@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import bratsbench_cmd, proc_env, run, shown_lines
 from tests.test_loader import training_set
 
-ARRAYS = ("flair", "t1", "t1ce", "t2", "label", "mask")
+ARRAYS = {"image": (32, 32, 32, 4), "label": (32, 32, 32), "mask": (32, 32, 32)}
 NO_SPACE = re.compile(r"^bratsbench: error: (/\S+): No space left on device \(\d+(\.\d)? (B|KiB|MiB) left\)$")
 
 
@@ -76,8 +76,8 @@ def _assert_store_whole(store: Path) -> list[str]:
     for name in visible:  # a finished case not yet in the manifest is whole too (the next run redoes it)
         folder = store / "cases" / name
         assert json.loads((folder / "meta.json").read_text())["case_id"] == name
-        for array in ARRAYS:
-            assert np.load(folder / f"{array}.npy").shape == (32, 32, 32)
+        for array, shape in ARRAYS.items():
+            assert np.load(folder / f"{array}.npy").shape == shape
     assert sorted(p.name for p in store.iterdir() if p.name.startswith(".")) == []  # no temp manifest, no lock
     return listed
 
@@ -86,7 +86,7 @@ def _assert_store_whole(store: Path) -> list[str]:
 def test_prepare_runs_out_of_space_mid_work(tmp_path, tmpfs, workers):
     raw = tmp_path / "raw"
     training_set(raw / "MICCAI_BraTS2020_TrainingData", 6)
-    disk = tmpfs("2m")  # a case at roi 32^3 takes about 600 KiB: three fit, the fourth does not
+    disk = tmpfs("1m")  # a case at roi 32^3 takes about 330 KiB: two or three fit, the fourth does not
     store = disk / "store"
     argv = bratsbench_cmd("prepare", "--data", str(raw), "--out", str(store), "--roi", "32", "32", "32",
                           "--workers", workers)
@@ -99,10 +99,10 @@ def test_prepare_runs_out_of_space_mid_work(tmp_path, tmpfs, workers):
 
     # with room again, the same command finishes the store and keeps the cases already done
     _resize(disk, "8m")
-    done = {cid: (store / "cases" / cid / "flair.npy").stat().st_mtime_ns for cid in listed}
+    done = {cid: (store / "cases" / cid / "image.npy").stat().st_mtime_ns for cid in listed}
     assert run(argv).returncode == 0
     assert len(_assert_store_whole(store)) == 6
-    assert {cid: (store / "cases" / cid / "flair.npy").stat().st_mtime_ns for cid in listed} == done
+    assert {cid: (store / "cases" / cid / "image.npy").stat().st_mtime_ns for cid in listed} == done
 
 
 STEPS = 6  # per epoch; checkpoints are named by step: ckpt-6, ckpt-12, ckpt-18

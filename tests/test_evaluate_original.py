@@ -62,7 +62,7 @@ def cases(tmp_path_factory):
 def _items(store):
     out = []
     for case_id in store.case_ids:
-        image, label = store.load(case_id, ("t1", "t2"), mmap=False)
+        image, label = store.load(case_id, ("t1", "t2"))
         out.append(ValItem(case_id, image, label, store_spacing(store.meta(case_id))))
     return out
 

@@ -13,6 +13,7 @@ import pytest
 import harness.data.store as store_mod
 from harness.cli import main
 from harness.data.loader import find_cases
+from harness.data.preprocess import decode, quantise
 from harness.data.store import PrepParams, open_store, prepare_store, preprocess, to_original_geometry
 from harness.metrics import to_brats_labels
 from harness.data.validate import CaseData, read_case
@@ -21,6 +22,7 @@ from harness.modalities import MODALITIES
 from tests.test_loader import AFFINE, brain_and_label, training_set, write_case
 
 ROI = (16, 16, 16)
+OLD_STORE = Path(__file__).parent / "fixtures" / "store-v1"  # written by `prepare` before the int16 store (version 1)
 
 
 def file_mtimes(store_dir: Path) -> dict[str, dict[str, int]]:
@@ -130,9 +132,9 @@ def test_interrupted_run_resumes_without_half_cases(data, tmp_path, monkeypatch)
     real_save = np.save
     calls = {"n": 0}
 
-    def failing_save(path, array, *a, **kw):  # dies while writing the third case's arrays
+    def failing_save(path, array, *a, **kw):  # dies while writing the third case's arrays (image, mask, label)
         calls["n"] += 1
-        if calls["n"] == 2 * 6 + 3:
+        if calls["n"] == 2 * 3 + 2:
             raise RuntimeError("simulated crash")
         return real_save(path, array, *a, **kw)
 
@@ -244,7 +246,7 @@ def test_cli_prepare_skips_and_lists_bad_case(data, tmp_path, capsys):
     (skip_line,) = [line for line in captured.err.splitlines() if "skipped:" in line]
     assert "BraTS20_Training_002" in skip_line and "flair" in skip_line
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["format"] == "bratsbench-store" and manifest["version"] == 1 and manifest["roi"] == [16, 16, 16]
+    assert manifest["format"] == "bratsbench-store" and manifest["version"] == 2 and manifest["roi"] == [16, 16, 16]
     assert sorted(manifest["cases"]) == ["BraTS20_Training_001", "BraTS20_Training_003"]
     (reason,) = manifest["skipped"]["BraTS20_Training_002"]
     assert "BraTS20_Training_002" in reason and "flair" in reason
@@ -286,3 +288,70 @@ def test_cli_prepare_that_prepares_nothing_fails_with_sorted_reasons_on_stderr(t
     assert manifest["skipped"] == {r.split()[2].rstrip(":"): [r.split("skipped: ", 1)[1]] for r in reasons}
     # a re-run retries the skipped cases: still bad, still nothing prepared
     assert main(["prepare", "--data", str(tmp_path / "raw"), "--out", str(store), "--roi", "16", "16", "16", "--workers", "1"]) == 1
+
+
+# ---------------------------------------------------------------- the int16 image and stores of other versions
+
+
+@pytest.mark.parametrize("values", [
+    np.linspace(-4.0, 25.0, 1001, dtype=np.float32),  # z-scores: a bright tail well above the brain's
+    np.array([0.0, 1e-3, -1e-3, 3.5], np.float32),
+    np.zeros(7, np.float32),  # a modality that is 0 everywhere in the roi
+])
+def test_quantise_keeps_every_value_within_half_a_step(values):
+    codes, scale = quantise(values)
+    assert codes.dtype == np.int16 and scale > 0
+    back = decode(codes[:, None], [scale])[:, 0]
+    assert np.abs(back - values).max() <= scale / 2 * (1 + 1e-6) + 1e-7
+    assert np.array_equal(back[values == 0], values[values == 0])  # background stays exactly 0
+    if values.any():
+        assert np.abs(codes).max() == 32767  # the whole int16 range is used: the finest step for this case
+
+
+def test_image_is_one_int16_array_of_the_modalities_interleaved(data, tmp_path):
+    prep(data, tmp_path / "s", modalities=("t2", "flair"))
+    store = open_store(tmp_path / "s")
+    case = store.case_ids[0]
+    files = sorted(p.name for p in (tmp_path / "s" / "cases" / case).iterdir())
+    assert files == ["image.npy", "label.npy", "mask.npy", "meta.json"]
+    codes, scale = store.image_codes(case)
+    assert codes.dtype == np.int16 and codes.shape == (*ROI, 2) and scale.dtype == np.float32
+    assert store.meta(case)["image_scale"] == pytest.approx(scale.tolist()) and store.meta(case)["image_dtype"] == "int16"
+    both, _ = store.load(case)  # the store's order: t2, flair
+    flair, _ = store.load(case, ("flair",))
+    assert np.array_equal(both, codes * scale) and np.array_equal(flair[..., 0], both[..., 1])
+    # each modality uses the whole int16 range: its step is max|z| / 32767, the finest for the case
+    assert np.abs(codes).max(axis=(0, 1, 2)).tolist() == [32767, 32767]
+    arrays, meta = preprocess(read_case(find_cases(data)[0], ("t2", "flair"))[0], PrepParams(roi=ROI, modalities=("t2", "flair")))
+    assert np.array_equal(arrays["image"], codes) and meta["image_scale"] == pytest.approx(scale.tolist())
+
+
+def _old_store(tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(OLD_STORE, tmp_path / "old-store"))
+
+
+def test_a_store_of_version_1_is_refused_in_one_line_that_says_to_prepare_again(tmp_path, capsys):
+    old = _old_store(tmp_path)
+    assert json.loads((old / "manifest.json").read_text())["version"] == 1 and (old / "cases" / "BraTS20_Training_001" / "flair.npy").exists()
+    with pytest.raises(UserError) as info:
+        open_store(old)
+    message = str(info.value)
+    assert "\n" not in message and str(old) in message and "version 1" in message and "bratsbench prepare" in message
+    # what a user sees: one error line, exit 2, no traceback, from any command that reads the store
+    assert main(["split", "--store", str(old), "--seed", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("bratsbench: error: ") and "run `bratsbench prepare" in err
+
+
+def test_prepare_over_a_version_1_store_rewrites_it_in_place(tmp_path):
+    old = _old_store(tmp_path)
+    training_set(tmp_path / "raw" / "MICCAI_BraTS2020_TrainingData", 2)
+    report = prep(tmp_path / "raw", old, roi=(8, 8, 8))
+    assert report.prepared == ["BraTS20_Training_001", "BraTS20_Training_002"] and report.reused == []
+    store = open_store(old)
+    for case in store.case_ids:
+        assert sorted(p.name for p in store.case_dir(case).iterdir()) == ["image.npy", "label.npy", "mask.npy", "meta.json"]
+        image, label = store.load(case)
+        assert image.shape == (8, 8, 8, 4) and label.shape == (8, 8, 8)

@@ -23,6 +23,7 @@ BASE = ["train", "--synthetic", "--crop", "32", "32", "32", "--depth", "3"]
         (["--budget-s", "-1"], "training budget -1.0 s must be a positive number of seconds"),
         (["--resume"], "--resume: no checkpoint folder"),
         (["--init-from", "/nonexistent/ckpt"], "checkpoint '/nonexistent/ckpt' not found"),
+        (["--synthetic-input", "--benchmark"], "--synthetic-input keeps a store run's shapes: it needs --store and --split"),
     ],
 )
 def test_one_line_error_before_any_work(cli, tmp_path, extra, needle):
@@ -46,3 +47,10 @@ def test_incompatible_checkpoint_is_refused(cli, tmp_path):
     assert code == 2
     assert "does not match the model: base_filters 16 != 8" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_synthetic_input_needs_a_benchmark(cli, tmp_path):
+    code, _, err = cli("train", "--store", str(tmp_path / "store"), "--split", str(tmp_path / "split.json"),
+                       "--synthetic-input", "--out", str(tmp_path / "run"))
+    assert code == 2 and err.strip() == ("bratsbench: error: --synthetic-input times the step without the input "
+                                         "pipeline: it needs --benchmark")

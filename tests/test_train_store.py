@@ -67,3 +67,30 @@ def test_evaluate_original_geometry_needs_a_store_run(tmp_path, cli):
     assert code == 0, err
     code, _, err = cli("evaluate", "--run", str(out), "--geometry", "original")
     assert code == 2 and "needs a run trained on a store" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_synthetic_input_times_the_same_step_on_in_memory_tensors(small_store, tmp_path, cli):
+    """A store benchmark and the same point fed from memory: same shapes and steps, different IDs and sources."""
+    from analysis.records import flatten
+    from harness.config import RunConfig
+
+    args = ["train", "--store", str(small_store["store"]), "--split", str(small_store["split"]), "--crop", "16", "16", "16",
+            "--base-filters", "4", "--depth", "2", "--batch-size", "2", "--modalities", "t1,t2,flair", "--benchmark",
+            "--warmup", "1", "--bench-steps", "3", "--threads", "1"]
+    records = {}
+    for name, extra in (("store", []), ("in-memory", ["--synthetic-input"])):
+        code, _, err = cli(*args, *extra, "--out", str(tmp_path / name))
+        assert code == 0, err
+        records[name] = json.loads((tmp_path / name / "record.json").read_text())
+    store, memory = records["store"], records["in-memory"]
+    assert memory["config"]["data"]["synthetic_input"] is True and store["config"]["data"]["synthetic_input"] is False
+    assert memory["timing"]["steps"] == store["timing"]["steps"] == 3
+    assert 0.0 <= memory["timing"]["input_wait_share"] < 1.0
+    assert (flatten(store)["source"], flatten(memory)["source"]) == ("store", "in-memory")
+    # the field's default leaves a run's identity (and so its ID) as it was before the field existed
+    from harness.record import run_id
+
+    identities = {k: RunConfig.from_dict(r["config"]).identity() for k, r in records.items()}
+    assert "synthetic_input" not in identities["store"]["data"] and identities["in-memory"]["data"]["synthetic_input"]
+    assert run_id(identities["store"]) != run_id(identities["in-memory"])

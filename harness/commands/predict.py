@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from harness.data.loader import find_cases
-    from harness.data.store import PrepParams, open_store, preprocess, to_original_geometry
+    from harness.data.store import PrepParams, decode, open_store, preprocess, to_original_geometry
     from harness.data.validate import read_case
     from harness.errors import UserError
     from harness.inference import predict_labels
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         arrays, meta = preprocess(data, params)
-        image = np.stack([arrays[m] for m in cfg.model.modalities], axis=-1)
+        image = decode(arrays["image"], meta["image_scale"])  # the model's modalities, in its order (params)
         labels = predict_labels(model, image, cfg.data.crop, overlap=args.overlap)
         labels = to_brats_labels(to_original_geometry(labels, meta))
         img = nib.Nifti1Image(labels.astype(np.uint8), data.affine)

@@ -21,6 +21,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "synthetic_samples": ("data", "synthetic_samples"),
     "store": ("data", "store"),
     "split": ("data", "split"),
+    "synthetic_input": ("data", "synthetic_input"),
     "crop": ("data", "crop"),
     "tumour_share": ("data", "tumour_share"),
     "augment": ("data", "augment"),
@@ -82,6 +83,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic-samples", type=int, default=None, help="generated samples per rank (default 16)")
     g.add_argument("--store", default=None, help="prepared store (bratsbench prepare)")
     g.add_argument("--split", default=None, help="split file (bratsbench split)")
+    g.add_argument("--synthetic-input", action="store_true", default=None,
+                   help="with --store and --benchmark: feed in-memory tensors of the same shapes instead of the store, "
+                   "to time the step without the input pipeline")
     g.add_argument("--modalities", default=None, help="comma list of flair,t1,t1ce,t2 (default flair,t1ce)")
     g.add_argument("--crop", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None, help="training crop (default 32 32 32)")
     g.add_argument("--tumour-share", type=float, default=None, help="share of crops centred on tumour (default 0.5)")

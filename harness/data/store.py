@@ -1,11 +1,16 @@
 """Preprocessed case store: decode NIfTI once, then training reads fixed-size .npy arrays by memmap.
 
-Layout (other modules rely on it):
+Layout, version 2 (other modules rely on it):
     STORE/manifest.json                  format, version, roi, spacing, modalities, cases, skipped, warnings
-    STORE/cases/<case_id>/<modality>.npy float32 (X,Y,Z), z-scored inside the brain mask, 0 outside
+    STORE/cases/<case_id>/image.npy      int16 (X,Y,Z,C), the manifest's modalities interleaved; z-scored inside
+                                         the brain mask, 0 outside, as codes: z = code * meta.image_scale[c]
     STORE/cases/<case_id>/label.npy      uint8 (X,Y,Z) in 0..3 (BraTS 4 -> 3); absent for unlabelled cases
     STORE/cases/<case_id>/mask.npy       uint8 brain mask (X,Y,Z)
-    STORE/cases/<case_id>/meta.json      sources, original geometry and every step needed to map back
+    STORE/cases/<case_id>/meta.json      sources, image_scale, original geometry and every step needed to map back
+
+Interleaved so that a training crop of all modalities is one window of one file, read in runs of crop-z x C
+values. A store of another version (1: one float32 file per modality) is refused with a line that says to run
+`prepare` again, which rewrites it in place.
 
 A case appears only by renaming a finished temporary folder, and the manifest is replaced atomically,
 so an interrupted `prepare` leaves a valid store that the next run completes.
@@ -33,9 +38,11 @@ import numpy as np
 from harness.data.loader import CaseFiles, find_cases, read_clinical
 from harness.data.preprocess import (  # noqa: F401 - re-exported: the store's public API
     DEFAULT_ROI,
+    IMAGE_DTYPE,
     VERSION,
     CaseProblem,
     PrepParams,
+    decode,
     preprocess,
     to_original_geometry,
 )
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 FORMAT = "bratsbench-store"
 MANIFEST = "manifest.json"
 CASES = "cases"
+IMAGE = "image"  # the modalities' array: cases/<case_id>/image.npy
 _TMP_PREFIXES = (".tmp-", ".old-")
 _MANIFEST_EVERY_S = 1.0  # an interrupt loses at most this much finished work from the manifest
 
@@ -385,7 +393,8 @@ def _load_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path.parent}: not a bratsbench store (manifest.json has no format '{FORMAT}')")
     if manifest.get("version") != VERSION:
-        raise UserError(f"{path.parent}: store version {manifest.get('version')} is not {VERSION}; run `bratsbench prepare` again")
+        raise UserError(f"{path.parent}: store version {manifest.get('version')} is not this bratsbench's {VERSION}; "
+                        f"run `bratsbench prepare --data DIR --out {path.parent}` again to rewrite it")
     return manifest
 
 
@@ -443,14 +452,26 @@ class Store:
     def array_path(self, case_id: str, name: str) -> Path:
         return self.case_dir(case_id) / f"{name}.npy"
 
-    def load(self, case_id: str, modalities: Sequence[str] | None = None, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """(image (X,Y,Z,C) float32 in the order of `modalities`, label uint8 (X,Y,Z) in 0..3 or None)."""
-        mods = self.check_modalities(modalities or self.modalities)
-        mode = "r" if mmap else None
-        image = np.stack([np.load(self.array_path(case_id, m), mmap_mode=mode) for m in mods], axis=-1)
+    def channels(self, modalities: Sequence[str]) -> list[int]:
+        """Positions of `modalities` on the image's last axis."""
+        return [self.modalities.index(m) for m in self.check_modalities(modalities)]
+
+    def image_codes(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(the case's image as stored: int16 codes (X,Y,Z,C), memory-mapped; scale float32 (C,)): z = code * scale."""
+        codes = np.load(self.array_path(case_id, IMAGE), mmap_mode="r")
+        scale = np.asarray(self.meta(case_id)["image_scale"], np.float32)
+        if codes.dtype != IMAGE_DTYPE or codes.shape[-1:] != scale.shape or scale.size != len(self.modalities):
+            raise UserError(f"{self.array_path(case_id, IMAGE)}: {codes.dtype} {codes.shape} is not this store's "
+                            f"int16 image of {len(self.modalities)} modalities; run `bratsbench prepare` again")
+        return codes, scale
+
+    def load(self, case_id: str, modalities: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image (X,Y,Z,C) float32 z-scores in the order of `modalities`, label uint8 (X,Y,Z) in 0..3 or None)."""
+        channels = self.channels(modalities or self.modalities)
+        image = decode(*self.image_codes(case_id), channels)
         label_path = self.array_path(case_id, "label")
-        label = np.array(np.load(label_path, mmap_mode=mode)) if label_path.exists() else None
-        return image.astype(np.float32, copy=False), label
+        label = np.load(label_path) if label_path.exists() else None
+        return image, label
 
     def load_mask(self, case_id: str) -> np.ndarray:
         return np.load(self.array_path(case_id, "mask"))

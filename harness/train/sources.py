@@ -147,7 +147,12 @@ def store_spacing(meta: dict) -> tuple[float, float, float]:
 
 
 def make_source(cfg: RunConfig, world: World) -> Source:
-    return SyntheticSource(cfg, world) if cfg.data.synthetic else StoreSource(cfg, world)
+    """The run's source; with `synthetic_input` the store is opened and checked as for a store run (crop, modalities,
+    split), then in-memory tensors of the same shapes feed the step."""
+    if cfg.data.synthetic:
+        return SyntheticSource(cfg, world)
+    store = StoreSource(cfg, world)
+    return SyntheticSource(cfg, world) if cfg.data.synthetic_input else store
 
 
 def iterate(ds: tf.data.Dataset, skip: int = 0) -> Iterator:
