@@ -5,6 +5,7 @@ fresh processes confined to one core (one parallel map call) and to two cores (t
 with all four modalities, 128^3 crops, batch 2, augmentation on. Baseline, in the one-core process on the same
 core: `x.copy()` of one sample's bytes (4 x 128^3 float32, 33.5 MB), median of 41. Rounds alternate the one-
 and two-core processes, so a slow phase of a shared machine hits both; the two-core speedup pairs them by round.
+The same processes time allocating copies on two threads at once, the two-core ceiling of a memory-bound pass.
 Also prints where a sample's time goes on one core (each array pass of the numpy work timed) and the cores a
 GPU needs for input at published training rates. Goals: one core >= 0.15 of the copy rate; two cores >= 1.7x one.
 
@@ -60,8 +61,8 @@ def child(store_dir: str, cores: list[int], batches: int, profile: bool) -> dict
     store = open_store(Path(store_dir))
     ids = store.labelled_ids
     out: dict = {"cores": cores}
+    sample = np.random.default_rng(0).standard_normal((*CROP, len(MODS)), dtype=np.float32)
     if len(cores) == 1:
-        sample = np.random.default_rng(0).standard_normal((*CROP, len(MODS)), dtype=np.float32)
         times = []
         for _ in range(41):
             start = time.perf_counter()
@@ -69,6 +70,8 @@ def child(store_dir: str, cores: list[int], batches: int, profile: bool) -> dict
             times.append(time.perf_counter() - start)
             del copy
         out["copy_per_s"] = 1.0 / statistics.median(times)
+    else:
+        out["copy_per_s"] = _copies_side_by_side(sample, len(cores))
     ds = train_dataset(store, ids, MODS, CROP, BATCH, seed=0, epoch=0, epochs=10**6, augment=True,
                        num_parallel=len(cores))
     it = iter(ds)
@@ -82,6 +85,29 @@ def child(store_dir: str, cores: list[int], batches: int, profile: bool) -> dict
     if profile:
         out["profile"] = _breakdown(store, ids, batches)
     return out
+
+
+def _copies_side_by_side(sample, threads: int, each: int = 41) -> float:
+    """Allocating copies per second with `threads` threads copying at once (numpy copies without the GIL): what
+    the cores' shared memory path gives a memory-bound pass, the ceiling of the pipeline's speedup."""
+    import threading
+
+    barrier = threading.Barrier(threads + 1)
+
+    def copy_loop():
+        barrier.wait()
+        for _ in range(each):
+            copy = sample.copy()
+            del copy
+
+    pool = [threading.Thread(target=copy_loop) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in pool:
+        t.join()
+    return threads * each / (time.perf_counter() - start)
 
 
 class _TimedNumpy:
@@ -181,7 +207,7 @@ def main() -> int:
         print(f"store {store}: {args.cases} full-size cases, roi {ROI} at 1 mm, int16 "
               f"({sum(p.stat().st_size for p in store.rglob('image.npy')) / args.cases / 2**20:.0f} MiB image per case), "
               f"{time.perf_counter() - start:.0f} s")
-        singles, doubles, copies, speedups = [], [], [], []
+        singles, doubles, copies, speedups, copy_speedups = [], [], [], [], []
         profile = None
         for r in range(args.rounds):
             a = run_child(store, one, args.batches, profile=(r == 0))
@@ -191,8 +217,9 @@ def main() -> int:
             copies.append(a["copy_per_s"])
             doubles.append(b["samples_per_s"])
             speedups.append(b["samples_per_s"] / a["samples_per_s"])
+            copy_speedups.append(b["copy_per_s"] / a["copy_per_s"])
             print(f"round {r + 1}: one core {a['samples_per_s']:.1f} samples/s (copy {a['copy_per_s']:.0f}/s), "
-                  f"two cores {b['samples_per_s']:.1f} samples/s", flush=True)
+                  f"two cores {b['samples_per_s']:.1f} samples/s (copies side by side {b['copy_per_s']:.0f}/s)", flush=True)
     ratios = [s / c for s, c in zip(singles, copies)]
     print(f"\nfull size: {len(MODS)} x {CROP[0]}^3 crops, batch {BATCH}, augmentation on; median [min-max] of "
           f"{args.rounds} rounds, {args.batches} batches each")
@@ -204,6 +231,8 @@ def main() -> int:
     print(f"pipeline / copy on one core: {_spread(ratios, 2)} (goal >= {GOAL_RATIO}): {'met' if ratio >= GOAL_RATIO else 'NOT met'}")
     print(f"two cores / one core, paired by round: {_spread(speedups, 3)} (goal >= {GOAL_SPEEDUP}): "
           f"{'met' if speedup >= GOAL_SPEEDUP else 'NOT met'}")
+    print(f"the machine's ceiling for a memory-bound pass: copies on two cores at once / one core, paired by round: "
+          f"{_spread(copy_speedups, 3)}")
     if profile:
         print(f"\nwhere a sample's time goes on one core (round 1, {args.batches} batches; ms per sample):")
         print(f"  {1e3 / singles[0]:7.2f}  a sample through tf.data on one core (1 / rate)")

@@ -192,9 +192,8 @@ def test_cpus_per_task_is_each_ranks_cores_and_threads(cluster, tmp_path, cli):
             time.sleep(0.5)
         record = _records(results, [rid]).get(rid, {})
         assert record.get("status") == "ok", _context(cluster, jobs, results)
-        ranks = (record.get("system") or {}).get("ranks")
-        if ranks:  # the record's system section
-            assert [(r["n_cores"], r["intra_op_threads"]) for r in ranks] == [(n, n)]
+        ranks = record["system"]["ranks"]  # the record's system section: what each rank had
+        assert [(r["n_cores"], r["intra_op_threads"]) for r in ranks] == [(n, n)], ranks
         assert (len(record["timing"]["cores"]), record["timing"]["threads_per_rank"]) == (n, n)
 
 
