@@ -4,6 +4,9 @@ The `tensorflow` wheel probes for CUDA whenever it is imported: on a machine wit
 prints "Unable to register cuFFT/cuDNN/cuBLAS factory" and "failed call to cuInit" straight to file descriptor 2,
 before Python could filter anything, and xprof prints a "serving tool" line per profile tool it converts.
 Newcomers read them as errors. `TF_CPP_MIN_LOG_LEVEL=3` would hide them, and every real error with them.
+TensorFlow 2.21 also writes its start-up INFO lines ("oneDNN custom operations are on", "Could not find cuda
+drivers") in absl's format before absl is initialised, where `TF_CPP_MIN_LOG_LEVEL` does not reach them: the filter
+drops absl-format lines below that level, as TensorFlow 2.18 itself does.
 
 So descriptor 2, where native code writes, becomes a pipe read by a small filter process that forwards every
 line but the known ones; Python's own `sys.stderr` keeps the real descriptor (a terminal stays a terminal for
@@ -33,6 +36,9 @@ ALWAYS = (
 # noise only where no NVIDIA driver is installed: on a GPU node a failed cuInit is the error that matters
 WITHOUT_DRIVER = (r"failed call to cuInit: ",)
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
+LEVEL_ENV = "TF_CPP_MIN_LOG_LEVEL"  # 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL: TensorFlow's lines below it are hidden
+# an absl/glog header: severity, MMDD, time, thread, file:line]  e.g. "I0000 00:00:1796651371.675439   28513 port.cc:153] "
+_ABSL_HEADER = r"^[{severities}]\d{{4}} [0-9:.]+ +\d+ [\w./-]+:\d+\] "
 
 # The filter, run as `python -S -c FILTER PATTERN...`: stdin is the pipe, stdout the real stderr. Complete lines
 # are matched; a partial line that cannot start a native log line (a progress bar's redraw) is passed on at once,
@@ -66,10 +72,18 @@ write(held)
 """
 
 
-def patterns(driver: bool | None = None) -> list[str]:
-    """The lines dropped on this machine."""
+def min_log_level(environ: dict[str, str] | None = None) -> int:
+    """TF_CPP_MIN_LOG_LEVEL as TensorFlow reads it (0 where unset or not a number)."""
+    value = (os.environ if environ is None else environ).get(LEVEL_ENV, "0").strip()
+    return min(3, int(value)) if value.isdigit() else 0
+
+
+def patterns(driver: bool | None = None, level: int | None = None) -> list[str]:
+    """The lines dropped on this machine: the known ones, and absl-format lines below TF_CPP_MIN_LOG_LEVEL."""
     driver = NVIDIA_DRIVER.exists() if driver is None else driver
-    return list(ALWAYS) + ([] if driver else list(WITHOUT_DRIVER))
+    level = min_log_level() if level is None else level
+    below = [_ABSL_HEADER.format(severities="IWE"[:level])] if level > 0 else []
+    return list(ALWAYS) + ([] if driver else list(WITHOUT_DRIVER)) + below
 
 
 def is_noise(line: str, dropped: list[str] | None = None) -> bool:

@@ -1,6 +1,6 @@
 """A real comparison: the same small sweep run three times, round by round, twice as it is and once on another
 software stack: TensorFlow with its oneDNN kernels turned off (TF_ENABLE_ONEDNN_OPTS=0, as in a build without them;
-the run settings are the same, so the points match). `compare` must tell that sweep apart at every point and call
+the run settings are the same, so the points match). `compare` must tell that sweep apart and call
 the unchanged rerun unchanged; `--fail-if-slower` and `--check` must fail exactly there.
 
 The three sweeps are interleaved (round r of each, then round r + 1), so a slow phase of the machine hits all three,
@@ -22,14 +22,17 @@ SPEC = {
     "name": "compare-real",
     "scaling": "weak",
     "repeats": 3,
-    "axes": {"np": [1], "batch_size": [1, 2]},
+    "axes": {"np": [1], "batch_size": [2]},
     "fixed": {"model": {"base_filters": 8, "depth": 3, "modalities": ["t1", "t2"]},
               "data": {"synthetic": True, "crop": [32, 32, 32], "synthetic_samples": 4},
               "train": {"benchmark": True, "bench_warmup": 2, "bench_steps": 6, "threads": 1}},
     "timeout_s": 600,
 }
 # %: without oneDNN a step is ~7 times slower; unchanged interleaved reruns on two shared cores differed by up to 4%
-# in throughput (all three repeats apart: p 0.1) and 6% in p90 step time, so the verdict's threshold is 10%, not 5%
+# in throughput (all three repeats apart: p 0.1) and 6% in p90 step time, so the verdict's threshold is 10%, not 5%.
+# One point (batch 2): each run is mostly start-up, and a second point doubled the test's 4.5 minutes.
+# A reference's tolerance is 40%: on a loaded CI machine an unchanged rerun's mean throughput was 24% off its
+# reference's 3 runs (the verdict, with its p-value, still said unchanged); the difference tested is 7x
 THRESHOLD = FAIL_IF_SLOWER = "10"
 
 
@@ -56,7 +59,7 @@ def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unch
     assert code == 0, out + err
     same = pd.read_csv(tmp_path / "same" / "compare.csv")
     thr = same[same["metric"] == "throughput"]
-    assert len(thr) == 2 and set(thr["verdict"]) == {"~"}, thr.to_string()
+    assert len(thr) == 1 and set(thr["verdict"]) == {"~"}, thr.to_string()
     # not a band on the ratio itself: on a loaded 2-core CI machine one side's repeats spread 15-18% (cv), so only
     # the statistical claim holds run to run: the ratio's interval contains 1
     assert ((thr["ratio_ci_low"] <= 1) & (thr["ratio_ci_high"] >= 1)).all(), thr.to_string()
@@ -68,23 +71,23 @@ def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unch
     assert code == 1, out + err
     slow = pd.read_csv(tmp_path / "other" / "compare.csv")
     thr = slow[slow["metric"] == "throughput"]
-    assert len(thr) == 2 and set(thr["verdict"]) == {"slower"}, thr.to_string()
-    assert (thr["ratio_ci_high"] < 0.5).all() and thr["p_value"].tolist() == pytest.approx([0.1, 0.1]), thr.to_string()
-    assert err.count("slower than A by more than --fail-if-slower") == 2
+    assert len(thr) == 1 and set(thr["verdict"]) == {"slower"}, thr.to_string()
+    assert (thr["ratio_ci_high"] < 0.5).all() and thr["p_value"].tolist() == pytest.approx([0.1]), thr.to_string()
+    assert err.count("slower than A by more than --fail-if-slower") == 1
     assert set(slow[slow["metric"] == "step_p50_ms"]["verdict"]) == {"slower"}
 
     refs = tmp_path / "refs.yaml"
-    code, out, err = cli("compare", str(base), "--write-reference", str(refs), "--tolerance", "15",
+    code, out, err = cli("compare", str(base), "--write-reference", str(refs), "--tolerance", "40",
                          "--out", str(tmp_path / "w"))
     assert code == 0, err
     written = yaml.safe_load(refs.read_text())["references"]
-    assert len(written) == 1 and len(next(iter(written.values()))) == 2  # one system, two points
+    assert len(written) == 1 and len(next(iter(written.values()))) == 1  # one system, one point
     # for any system: pinning a run may change how its system is labelled, and the point is what is checked here
     refs.write_text(yaml.safe_dump({"references": {"*": next(iter(written.values()))}}))
     code, out, err = cli("analyze", str(again), "--reference", str(refs), "--check")
     assert code == 0, out + err
     code, out, err = cli("analyze", str(other), "--reference", str(refs), "--check")
-    assert code == 1 and err.count("outside its reference") == 2 and "throughput" in err, out + err
-    print(f"three interleaved sweeps of {2 * SPEC['repeats']} runs each: {swept:.0f} s; base / again / no-onednn "
+    assert code == 1 and err.count("outside its reference") == 1 and "throughput" in err, out + err
+    print(f"three interleaved sweeps of {SPEC['repeats']} runs each: {swept:.0f} s; base / again / no-onednn "
           f"throughput B/A: {same[same['metric'] == 'throughput']['ratio'].round(3).tolist()} / "
           f"{thr['ratio'].round(3).tolist()}")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from pathlib import Path
 
-from harness.native_log import patterns
+from harness.native_log import min_log_level, patterns
 from tests.conftest import REPO, bratsbench_cmd, proc_env
 
 NOISE = [
@@ -61,7 +61,35 @@ def test_noise_is_known(line):
 
 @pytest.mark.parametrize("line", REAL)
 def test_real_errors_are_not_noise(line):
-    assert not any(re.search(p, line) for p in patterns(driver=False))
+    assert not any(re.search(p, line) for p in patterns(driver=False, level=2))
+
+
+TF221_STARTUP = [  # TensorFlow 2.21 at import, before absl is initialised: TF_CPP_MIN_LOG_LEVEL does not reach them
+    "I0000 00:00:1796651361.896229   28485 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders.",
+    "I0000 00:00:1796651361.896531   28485 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+    "not be used.",
+]
+
+
+@pytest.mark.parametrize("line", TF221_STARTUP)
+@pytest.mark.parametrize("level, dropped", [(0, False), (1, True), (2, True)])
+def test_absl_lines_below_the_min_log_level_are_dropped(line, level, dropped):
+    assert any(re.search(p, line) for p in patterns(driver=True, level=level)) == dropped
+
+
+@pytest.mark.parametrize("level, severities", [(0, ""), (1, "I"), (2, "IW"), (3, "IWE")])
+def test_the_min_log_level_keeps_what_it_should(level, severities):
+    """Level 2 (the CLI's default) keeps every error and fatal line; only lines in absl's format are touched."""
+    for severity in "IWEF":
+        line = f"{severity}0000 00:00:1.2 4242 some_file.cc:10] a message"
+        assert any(re.search(p, line) for p in patterns(driver=True, level=level)) == (severity in severities), line
+    assert not any(re.search(p, "I think this is a user's line") for p in patterns(driver=True, level=3))
+
+
+@pytest.mark.parametrize("value, level", [(None, 0), ("2", 2), ("3", 3), ("9", 3), ("x", 0), (" 1 ", 1)])
+def test_min_log_level_reads_the_environment(value, level):
+    assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level
 
 
 def test_a_failed_cuinit_is_noise_only_without_an_nvidia_driver():
