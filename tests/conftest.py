@@ -55,7 +55,9 @@ def shown_lines(stream: str) -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "horovod: needs Horovod (the Python 3.13 stack has none: `-m 'not horovod'`)")
-    config.addinivalue_line("markers", "mwms: MultiWorkerMirroredStrategy tests, run on the Python 3.13 stack too")
+    config.addinivalue_line("markers", "mwms: MultiWorkerMirroredStrategy tests (the only engine of the Python 3.13 stack)")
+    config.addinivalue_line("markers", "stack: a slow test whose outcome depends on TensorFlow's version: the Python "
+                            "3.13 stack runs it too (scripts/test-py313.sh)")
 
 
 def pytest_collection_modifyitems(config, items):

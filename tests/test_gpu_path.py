@@ -176,6 +176,7 @@ def test_batch_norm_two_ranks_batch_b_equal_one_rank_batch_2b(tmp_path, backend)
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 @pytest.mark.parametrize("backend", ENGINES)
 def test_batch_norm_at_np2_trains_identical_replicas(tmp_path, backend):
     out = tmp_path / "run"

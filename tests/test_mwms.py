@@ -64,6 +64,7 @@ def test_bad_tf_config_is_one_line(raw, fragment):
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_two_workers_batch_b_equal_one_worker_batch_2b(tmp_path):
     run(launch_cmd(2, sys.executable, SCRIPT, str(tmp_path / "np2.npz"), "4", "mwms"))
     run([sys.executable, SCRIPT, str(tmp_path / "np1.npz"), "4", "mwms"])

@@ -49,6 +49,7 @@ def _ranks(root: psutil.Process) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
+@pytest.mark.stack
 def test_a_signalled_run_checkpoints_and_the_next_sweep_run_resumes_it_exactly(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "stop", "repeats": 2, "fixed": TINY, "timeout_s": 600}))
