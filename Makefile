@@ -3,6 +3,8 @@
 # `make test` then runs the Horovod-free tests on the Python 3.13 stack too (.venv-py313), where 3.13 exists.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test` (0: one process); tests/parallel.py says how they share the cores
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean-venv
 
@@ -13,8 +15,8 @@ demo: setup
 	$(BIN)/bratsbench demo --out demo-output
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15 tests
-	@bash scripts/test-py313.sh
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
+	@TEST_WORKERS=$(TEST_WORKERS) bash scripts/test-py313.sh
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

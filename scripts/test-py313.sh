@@ -24,4 +24,4 @@ if [ -z "$py" ]; then
 fi
 echo "[test-py313] Python 3.13 stack with $py in $VENV313"
 VENV=$VENV313 PYTHON=$py bash scripts/setup.sh
-exec "$VENV313/bin/python" -m pytest -q --durations=15 -m "not horovod and (not slow or stack)" tests
+exec "$VENV313/bin/python" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile --durations=15 -m "not horovod and (not slow or stack)" tests

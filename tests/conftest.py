@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import harness  # noqa: F401 - sets TF_USE_LEGACY_KERAS before any test module imports TensorFlow
+from tests import parallel
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -58,18 +59,36 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "mwms: MultiWorkerMirroredStrategy tests (the only engine of the Python 3.13 stack)")
     config.addinivalue_line("markers", "stack: a slow test whose outcome depends on TensorFlow's version: the Python "
                             "3.13 stack runs it too (scripts/test-py313.sh)")
+    config.addinivalue_line("markers", "alone: a test whose point is a timing: under pytest-xdist it runs with no other "
+                            "test beside it (tests/parallel.py)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the order
 def pytest_collection_modifyitems(config, items):
-    """Where Horovod is not installed, a Horovod test that was not deselected fails loudly instead of erroring deep
-    inside horovodrun: it is skipped with the reason printed (the 3.13 run deselects them with -m)."""
+    """Heavy modules first (tests/parallel.py). Where Horovod is not installed, a Horovod test that was not
+    deselected would error deep inside horovodrun: it is skipped with the reason printed (the 3.13 run deselects them
+    with -m)."""
     from harness.engines import unavailable
 
+    parallel.heavy_first(items)
     problem = unavailable("horovod")
     if problem:
         for item in items:
             if "horovod" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=problem))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (make test): modules as units, the SLURM ones as one, heavy first (tests/parallel.py)."""
+    return parallel.make_scheduler(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Setup, call and teardown (module fixtures included) inside the run's CPU lock: `alone` tests run alone."""
+    with parallel.cpu_turn(item.config, alone="alone" in item.keywords):
+        return (yield)
 
 
 def final_weights(run_dir: Path) -> dict:

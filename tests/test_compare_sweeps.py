@@ -44,6 +44,7 @@ def _sweep_round(spec, out, repeat: int, env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # a timing comparison: no other test beside it under pytest-xdist
 def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unchanged(tmp_path, cli):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
@@ -60,9 +61,10 @@ def test_compare_tells_a_real_difference_apart_and_calls_an_unchanged_rerun_unch
     same = pd.read_csv(tmp_path / "same" / "compare.csv")
     thr = same[same["metric"] == "throughput"]
     assert len(thr) == 1 and set(thr["verdict"]) == {"~"}, thr.to_string()
-    # not a band on the ratio itself: on a loaded 2-core CI machine one side's repeats spread 15-18% (cv), so only
-    # the statistical claim holds run to run: the ratio's interval contains 1
-    assert ((thr["ratio_ci_low"] <= 1) & (thr["ratio_ci_high"] >= 1)).all(), thr.to_string()
+    # not a band on the ratio, nor "its CI contains 1": on a loaded 2-core CI machine one side's repeats spread 15-18%
+    # (cv), and an unchanged rerun's 3 repeats lie all above the other's 10% of the time by chance (then the CI
+    # excludes 1); the claim that holds run to run is the verdict's: not a change (above, and the steady metrics below)
+    assert ((thr["ratio_ci_low"] <= thr["ratio"]) & (thr["ratio"] <= thr["ratio_ci_high"])).all(), thr.to_string()
     steady = same[same["metric"].isin(["throughput", "step_p50_ms", "peak_host_mem_mb"])]  # tails of 6 steps vary more
     assert set(steady["verdict"]) == {"~"}, same[["label", "metric", "ratio", "p_value", "verdict"]].to_string()
 
