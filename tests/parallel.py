@@ -5,9 +5,11 @@
   the machine's cores would put four ranks on two.
 - Heavy modules go first (SLURM, then those with slow tests), so the quick ones fill in at the end and the workers
   finish together.
-- A test marked `alone` (its point is a timing) runs with no other test beside it: every test holds a shared lock on
-  a file in the run's temporary folder, an `alone` test an exclusive one; a gate lock keeps the shared holders from
-  starving it.
+- A test marked `alone` runs with no other test beside it: every test holds a shared lock on a file in the run's
+  temporary folder, an `alone` test an exclusive one; a gate lock keeps the shared holders from starving it. Timing
+  comparisons are marked so, and every SLURM test is: the test cluster's timings (KillWait, the requeue delay, the
+  credential's lifetime) are those of an otherwise idle machine; on a loaded one, a requeued task's new job step
+  was once cancelled seconds after it started.
 Without xdist (`-n 0`, or a plain `pytest tests/test_x.py`) none of this does anything but order the modules.
 """
 
@@ -36,9 +38,13 @@ def module_rank(items: list[pytest.Item]) -> dict[str, int]:
 
 
 def heavy_first(items: list[pytest.Item]) -> None:
-    """Reorder in place: by module rank, keeping the collection order within a rank and within a module."""
+    """Reorder in place: by module rank, keeping the collection order within a rank and within a module; the tests
+    of the SLURM modules are marked `alone`."""
     rank = module_rank(items)
     items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # sort is stable
+    for item in items:
+        if rank[item.nodeid.split("::", 1)[0]] == 0:
+            item.add_marker(pytest.mark.alone)
 
 
 def make_scheduler(config: pytest.Config, log):

@@ -9,7 +9,9 @@ from tests.parallel import cpu_turn, heavy_first
 
 
 def _item(nodeid: str, *marks: str) -> SimpleNamespace:
-    return SimpleNamespace(nodeid=nodeid, keywords={mark: True for mark in marks})
+    item = SimpleNamespace(nodeid=nodeid, keywords={mark: True for mark in marks})
+    item.add_marker = lambda mark: item.keywords.__setitem__(mark.name, True)
+    return item
 
 
 def test_slurm_modules_then_modules_with_slow_tests_then_the_rest_in_collection_order():
@@ -20,6 +22,7 @@ def test_slurm_modules_then_modules_with_slow_tests_then_the_rest_in_collection_
     assert [i.nodeid for i in items] == ["tests/test_slurm_two.py::x", "tests/test_slurm.py::x", "tests/test_b.py::x",
                                          "tests/test_b.py::y", "tests/test_a.py::x", "tests/test_c.py::x",
                                          "tests/test_a.py::z"]
+    assert [i.nodeid for i in items if "alone" in i.keywords] == ["tests/test_slurm_two.py::x", "tests/test_slurm.py::x"]
 
 
 def _worker_config(tmp_path, name: str) -> SimpleNamespace:
