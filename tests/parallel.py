@@ -8,8 +8,9 @@
 - A test marked `alone` runs with no other test beside it: every test holds a shared lock on a file in the run's
   temporary folder, an `alone` test an exclusive one; a gate lock keeps the shared holders from starving it. Timing
   comparisons are marked so, and every SLURM test is: the test cluster's timings (KillWait, the requeue delay, the
-  credential's lifetime) are those of an otherwise idle machine; on a loaded one, a requeued task's new job step
-  was once cancelled seconds after it started.
+  credential's lifetime) are those of an otherwise idle machine. Even alone, under an xdist worker a requeued MWMS
+  task's new job step was cancelled by SLURM 11 s after it started (2 runs in 4), so `make test` runs the SLURM
+  modules after the xdist part, in a plain pytest process.
 Without xdist (`-n 0`, or a plain `pytest tests/test_x.py`) none of this does anything but order the modules.
 """
 
