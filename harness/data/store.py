@@ -21,13 +21,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +44,7 @@ from harness.data.preprocess import (  # noqa: F401 - re-exported: the store's p
     to_original_geometry,
 )
 from harness.data.validate import read_case
+from harness.data.workers import map_in_processes
 from harness.errors import UserError, naming
 from harness.modalities import MODALITIES, parse_modalities
 
@@ -58,6 +56,8 @@ CASES = "cases"
 IMAGE = "image"  # the modalities' array: cases/<case_id>/image.npy
 _TMP_PREFIXES = (".tmp-", ".old-")
 _MANIFEST_EVERY_S = 1.0  # an interrupt loses at most this much finished work from the manifest
+_WORKER_DIED = ("a prepare worker process died (out of memory?); finished cases are kept: "
+                "run prepare again to resume, with fewer --workers")
 
 
 # ---------------------------------------------------------------- writing
@@ -302,7 +302,7 @@ def prepare_store(
 
         last_write = time.monotonic()
         try:
-            with _progress(len(jobs), progress) as bar, closing(_run_jobs(jobs, workers)) as results:
+            with _progress(len(jobs), progress) as bar, closing(map_in_processes(_process_case, jobs, workers, _WORKER_DIED)) as results:
                 for case_id, status, payload in results:  # closing() ends the pool on any exit
                     _record(manifest, report, cases_dir, case_id, status, payload, strict)
                     bar.update(1)
@@ -357,29 +357,6 @@ def _update_clinical(meta_path: Path, entry: dict, info: dict) -> None:
     meta = json.loads(meta_path.read_text())
     meta.update(info)
     _atomic_json(meta_path, meta)
-
-
-def _run_jobs(jobs: list[_Job], workers: int | None) -> Iterator[tuple[str, str, Any]]:
-    n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    if n == 1:
-        for job in jobs:
-            yield _process_case(job)
-        return
-    # spawn: the parent may hold TensorFlow threads, which fork would copy in a broken state.
-    # ProcessPoolExecutor (unlike multiprocessing.Pool) fails loudly when a worker dies, e.g. killed for memory.
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_process_case, job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BrokenProcessPool:
-            raise UserError(
-                "a prepare worker process died (out of memory?); finished cases are kept: "
-                "run prepare again to resume, with fewer --workers"
-            ) from None
-        finally:
-            for future in futures:
-                future.cancel()
 
 
 # ---------------------------------------------------------------- reading

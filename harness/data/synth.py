@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from harness.data.synth_anatomy import BRATS_SHAPE, cubic_upsample, shape_atlas, voxel_size, warp_anatomy
+from harness.data.synth_anatomy import BRATS_SHAPE, cubic_upsample, voxel_size, warp_anatomy
 from harness.data.synth_tumour import ED, ET, NCR, grow_tumour
+from harness.data.workers import map_in_processes
 from harness.errors import UserError
 from harness.modalities import MODALITIES
 from harness.outdir import ensure_output_dir
@@ -315,23 +316,13 @@ def write_dataset(out: str | os.PathLike, cases: int, seed: int, year: int = 202
     tasks += [(out, 2020, VALIDATION, vid, seed, shape, gzip) for vid in range(1, validation + 1)]
     for task in tasks:  # overwrite earlier synth cases of the same ids (checked to be synth output)
         shutil.rmtree(case_dir(out, *task[1:4]), ignore_errors=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    shape_atlas(shape)  # load templates once here; forked workers inherit the cache
-
-    with tqdm(total=len(tasks), desc="synth", unit="case") as bar:
-        if workers == 1:
-            results = []
-            for task in tasks:
-                results.append(_build(task))
-                bar.update()
-        else:
-            methods = mp.get_all_start_methods()
-            ctx = mp.get_context("fork" if "fork" in methods else None)
-            with ctx.Pool(workers) as pool:
-                results = []
-                for res in pool.imap_unordered(_build, tasks, chunksize=1):
-                    results.append(res)
-                    bar.update()
+    died = "a synth worker process died (out of memory?): run synth again, with fewer --workers"
+    with tqdm(total=len(tasks), desc="synth", unit="case") as bar, \
+            closing(map_in_processes(_build, tasks, workers, died)) as built:
+        results = []
+        for res in built:
+            results.append(res)
+            bar.update()
 
     for yr, split, cid, grade in results:
         book.setdefault(f"{yr}/{split}", {})[str(cid)] = _subject_meta(seed, split, cid, grade)
