@@ -421,6 +421,12 @@ def test_job_info_reads_the_array_task_and_its_restarts(monkeypatch):
      "rank 1 exited with code 137 (SIGKILL); horovodrun stopped the job (exit code 137)"),
     # a rank that exited with an error recorded its reason: the record's error wins
     (["srun: error: node2: task 1: Exited with exit code 1"], "UnknownError: Horovod has been shut down"),
+    # a resumed attempt appends to the log: the attempt before named its own failed rank, not this one's
+    (["bratsbench launch: worker 1 killed by SIGKILL", "--- 2026-12-07T10:00:00Z: resumed from the checkpoint the "
+      "attempt before wrote ---", "bratsbench launch: worker 0 killed by SIGTERM"],
+     "MWMS worker 0 killed by SIGTERM; the launcher stopped the others (exit code 137)"),
+    (["srun: error: node1: task 0: Killed", "--- 2026-12-07T10:00:00Z: resumed from the checkpoint the attempt before "
+      "wrote ---", "0: step 12"], "UnknownError: Horovod has been shut down"),
 ])
 def test_a_rank_killed_by_a_signal_is_named_before_the_others_broken_collective(tail, expected):
     from harness.launch import describe

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from harness.launch.commands import bratsbench_command, launch_command, launch_env
-from harness.launch.settle import settle
+from harness.launch.settle import RESUMED, settle
 from harness.launch.supervise import RANK_GRACE_S, Outcome, supervise
 from harness.record import utc_now
 from harness.rundir import RunDir
@@ -81,7 +81,7 @@ def launch_train(
 
 def _mark_resumed(log: Any, resume: bool) -> None:
     if resume:
-        log.write(f"--- {utc_now()}: resumed from the checkpoint the attempt before wrote ---\n".encode())
+        log.write(f"--- {utc_now()}: {RESUMED} ---\n".encode())
         log.flush()
 
 

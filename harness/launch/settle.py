@@ -16,6 +16,8 @@ from harness.system import collect
 
 
 TAIL_LINES = 40
+# the line a resumed attempt writes first in the log it appends to (harness.launch.run)
+RESUMED = "resumed from the checkpoint the attempt before wrote"
 
 
 def log_tail(run: RunDir, lines: int = TAIL_LINES) -> list[str]:
@@ -66,7 +68,7 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     code = outcome.exit_code
     if outcome.reason:
         return outcome.reason
-    text = "\n".join(tail)
+    text = "\n".join(this_attempt(tail))
     found = _MWMS_FIRST.search(text)
     if found:  # our MWMS launcher names the worker that failed first (the others only saw a broken collective)
         return f"MWMS worker {found.group(1)} {found.group(2)}; the launcher stopped the others (exit code {code})"
@@ -89,6 +91,12 @@ def describe(outcome: Outcome, record: dict | None, tail: list[str]) -> str:
     if record.get("status") == "running":
         return f"exit code {code} with the run record still 'running' (a rank died or the run was killed)"
     return f"exit code {code}"
+
+
+def this_attempt(tail: list[str]) -> list[str]:
+    """The lines after the last attempt's resume mark: an appended log's earlier attempt named its own failed rank."""
+    marks = [i for i, line in enumerate(tail) if RESUMED in line]
+    return tail[marks[-1] + 1:] if marks else tail
 
 
 def _srun_first(text: str, code: int | None) -> tuple[str | None, bool]:
