@@ -302,7 +302,8 @@ def prepare_store(
 
         last_write = time.monotonic()
         try:
-            with _progress(len(jobs), progress) as bar, closing(map_in_processes(_process_case, jobs, workers, _WORKER_DIED)) as results:
+            results = map_in_processes(_process_case, jobs, workers, _WORKER_DIED)
+            with _progress(len(jobs), progress) as bar, closing(results):
                 for case_id, status, payload in results:  # closing() ends the pool on any exit
                     _record(manifest, report, cases_dir, case_id, status, payload, strict)
                     bar.update(1)
